@@ -1,0 +1,44 @@
+# The two commands of this project (see README.md): `make book` and `make test`.
+# Both create or reuse .venv, install torch (pinned, CPU wheel) first, then the package with its extras.
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.capo-installed
+# Tests never reach a hub; notebooks run the smoke profile unless told otherwise.
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+export CAPO_PROFILE ?= smoke
+
+.PHONY: venv test test-fast book lint clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[dev,book]"
+	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $(STAMP)
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check capo_tutorial tests benchmarks experiments
+
+# The README's test command: unit tests, then every notebook through nbmake (two at a time).
+test: venv lint
+	$(PY) -m pytest tests -n 2 --dist loadgroup
+	$(PY) -m pytest --nbmake -n 2 book
+
+test-fast: venv
+	$(PY) -m pytest tests -n 2 -m "not slow"
+
+# The main job: build the book to _build/html, executing every notebook (warnings are errors).
+book: venv
+	$(VENV)/bin/jupyter-book build . --warningiserror --keep-going --path-output .
+
+clean:
+	rm -rf _build .pytest_cache .ruff_cache
