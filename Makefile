@@ -37,7 +37,13 @@ test-fast: venv
 	$(PY) -m pytest tests -n 2 -m "not slow"
 
 # The main job: build the book to _build/html, executing every notebook (warnings are errors).
-book: venv
+PKG_SOURCES := $(shell find capo_tutorial -name '*.py') pyproject.toml
+# Jupyter Book's cache only notices changed notebooks: drop it when the package changes.
+_build/.package-stamp: $(PKG_SOURCES)
+	rm -rf _build/.jupyter_cache
+	mkdir -p _build && touch $@
+
+book: venv _build/.package-stamp
 	$(VENV)/bin/jupyter-book build . --warningiserror --keep-going --path-output .
 
 clean:

@@ -58,7 +58,7 @@ class ConfidenceSignals(NamedTuple):
 
     Attributes:
         margin: m = r_w - r_l, the implicit-reward margin (nats scaled by beta).
-        reference_margin: log pi_ref(y_w)/|y_w| - log pi_ref(y_l)/|y_l| (nats per token).
+        reference_margin: log pi_ref(y_w)/len(y_w) - log pi_ref(y_l)/len(y_l) (nats per token).
         policy_margin: the same per-token likelihood margin under the current policy.
         chosen_lengths, rejected_lengths: completion token counts.
     """
@@ -226,7 +226,7 @@ def ipo_loss(
 ) -> PreferenceLossOutput:
     """IPO (Azar et al. 2024, Eq. 17) on length-normalised log-ratios, as TRL computes it.
 
-    l = (rho_w / |y_w| - rho_l / |y_l| - 1 / (2 beta))^2; here beta is the paper's tau.
+    l = (rho_w / len(y_w) - rho_l / len(y_l) - 1 / (2 beta))^2; here beta is the paper's tau.
     Rewards are beta * rho (not normalised), as for DPO.
     """
     rho_w, rho_l = _log_ratios(
@@ -269,7 +269,7 @@ def simpo_loss(
 ) -> PreferenceLossOutput:
     """SimPO (Meng et al. 2024, Eq. 6): reference-free, length-normalised, with a target margin.
 
-    r_w = beta * log pi(y_w|x) / |y_w| (r_l likewise);  l = -log sigmoid(r_w - r_l - target_margin).
+    r_w = beta * log pi(y_w|x) / len(y_w) (r_l likewise);  l = -log sigmoid(r_w - r_l - target_margin).
     The reference tensors are ignored and may be None. SimPO's beta is typically 2-10, not 0.1.
     """
     chosen_rewards = beta * policy_chosen_logps / chosen_lengths
@@ -289,7 +289,7 @@ def sft_loss(
     chosen_lengths: Tensor | None = None,
     rejected_lengths: Tensor | None = None,
 ) -> PreferenceLossOutput:
-    """Negative log-likelihood per chosen token: l = -log pi(y_w|x) / |y_w| (the SFT warm-up loss).
+    """Negative log-likelihood per chosen token: l = -log pi(y_w|x) / len(y_w) (the SFT warm-up loss).
 
     Rewards are beta * rho when reference tensors are given, else zeros; the rejected response is
     not trained on. Mix it into a preference loss (RPO-style) with the training config's
@@ -311,7 +311,7 @@ def sft_loss(
 
 
 def _per_token_margin(chosen_logps: Tensor, rejected_logps: Tensor, chosen_lengths, rejected_lengths):
-    """log p(y_w)/|y_w| - log p(y_l)/|y_l| in nats per token, shape (B,), or None without lengths."""
+    """log p(y_w)/len(y_w) - log p(y_l)/len(y_l) in nats per token, shape (B,), or None without lengths."""
     if chosen_lengths is None or rejected_lengths is None:
         return None
     return chosen_logps / chosen_lengths - rejected_logps / rejected_lengths

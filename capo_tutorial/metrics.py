@@ -158,7 +158,7 @@ def calibration_table(margins: ArrayLike, labels: ArrayLike | None = None, n_bin
 def expected_calibration_error(
     margins: ArrayLike, labels: ArrayLike | None = None, n_bins: int = 10
 ) -> float:
-    """ECE (Naeini et al. 2015): sum over bins of (n_bin / n) * |accuracy - mean confidence|.
+    """ECE (Naeini et al. 2015): sum over bins of (n_bin / n) * abs(accuracy - mean confidence).
 
     Uses :func:`calibration_table`'s symmetric reading of each pair; NaN for no pairs.
     """
