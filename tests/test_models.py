@@ -468,6 +468,51 @@ def test_gguf_converts_once_into_the_cache(tiny, tokenizer, tiny_gguf, tmp_path,
     assert convert_gguf(tiny_gguf) == folders[0]
 
 
+def put_in_hub_cache(hub_cache: Path, repo_id: str, files: dict[str, Path]) -> None:
+    """Lay files out as the Hugging Face cache does (refs/main -> snapshots/<commit>/)."""
+    commit = hashlib.sha1(repo_id.encode()).hexdigest()
+    repo = hub_cache / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for name, source in files.items():
+        (snapshot / name).write_bytes(source.read_bytes())
+
+
+HUB_SCRIPT = """
+import sys, torch
+sys.path.insert(0, sys.argv[1])
+from capo_tutorial.models import load_pretrained
+a, tok_a = load_pretrained("capo-tests/tiny-llama", dtype=torch.float32)
+b, tok_b = load_pretrained("capo-tests/tiny-llama-gguf", gguf_file="tiny-llama-f32.gguf")
+ids = tok_a(["двадцать один"], return_tensors="pt")["input_ids"]
+assert ids.tolist() == tok_b(["двадцать один"], return_tensors="pt")["input_ids"].tolist()
+with torch.no_grad():
+    torch.testing.assert_close(a(ids).logits, b(ids).logits, rtol=1e-5, atol=1e-5)
+print("ok", type(a).__name__, type(b).__name__)
+"""
+
+
+@needs_gguf
+def test_load_pretrained_by_hub_id_from_the_offline_cache(tiny, tokenizer, tiny_gguf, tmp_path):
+    # A fresh process, because huggingface_hub reads HF_HUB_CACHE when it is imported.
+    saved = tmp_path / "saved"
+    tiny.save_pretrained(saved)
+    tokenizer.save_pretrained(saved)
+    hub = tmp_path / "hub"
+    put_in_hub_cache(hub, "capo-tests/tiny-llama", {p.name: p for p in saved.iterdir()})
+    put_in_hub_cache(hub, "capo-tests/tiny-llama-gguf", {tiny_gguf.name: tiny_gguf})
+    root = str(Path(__file__).resolve().parents[1])
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(hub), "CAPO_CACHE": str(tmp_path / "capo")}
+    out = subprocess.run(
+        [sys.executable, "-c", HUB_SCRIPT, root], capture_output=True, text=True, env=env, cwd=root
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "ok LlamaForCausalLM LlamaForCausalLM" in out.stdout
+    assert len(list((tmp_path / "capo" / "converted").iterdir())) == 1
+
+
 @needs_gguf
 def test_gguf_missing_file_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"No GGUF file nope\.gguf"):
