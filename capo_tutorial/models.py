@@ -484,16 +484,16 @@ def convert_gguf(
             "seconds": round(time.perf_counter() - start, 1),
         }
         (staging / _MARKER).write_text(json.dumps(record, indent=2))
-        _publish(staging, folder)
+        _publish(staging, folder, overwrite)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return folder
 
 
-def _publish(staging: Path, folder: Path) -> None:
+def _publish(staging: Path, folder: Path, overwrite: bool) -> None:
     """Rename the finished staging folder into place; a concurrent winner's folder is kept."""
-    if folder.exists():
-        shutil.rmtree(folder)  # a stale or overwritten conversion: no marker, or overwrite=True
+    if folder.exists() and (overwrite or not _is_converted(folder)):
+        shutil.rmtree(folder)  # replaced on request, or a partial folder without the record
     try:
         staging.rename(folder)
     except OSError:

@@ -468,6 +468,22 @@ def test_gguf_converts_once_into_the_cache(tiny, tokenizer, tiny_gguf, tmp_path,
     assert convert_gguf(tiny_gguf) == folders[0]
 
 
+@needs_gguf
+def test_convert_gguf_replaces_partial_folders_and_honours_overwrite(tiny_gguf, tmp_path):
+    digest = hashlib.sha256(tiny_gguf.read_bytes()).hexdigest()
+    partial = tmp_path / "converted" / f"tiny-llama-f32-{digest[:16]}"
+    partial.mkdir(parents=True)
+    (partial / "junk").write_text("an interrupted conversion")
+    folder = convert_gguf(tiny_gguf, cache_dir=tmp_path, sha256=digest)
+    assert folder == partial and not (folder / "junk").exists()
+    first = (folder / "capo_conversion.json").stat().st_mtime_ns
+    assert convert_gguf(tiny_gguf, cache_dir=tmp_path) == folder
+    assert (folder / "capo_conversion.json").stat().st_mtime_ns == first  # reused, not rewritten
+    convert_gguf(tiny_gguf, cache_dir=tmp_path, overwrite=True)
+    assert (folder / "capo_conversion.json").stat().st_mtime_ns != first
+    assert [p.name for p in (tmp_path / "converted").iterdir()] == [folder.name]  # no staging left
+
+
 def put_in_hub_cache(hub_cache: Path, repo_id: str, files: dict[str, Path]) -> None:
     """Lay files out as the Hugging Face cache does (refs/main -> snapshots/<commit>/)."""
     commit = hashlib.sha1(repo_id.encode()).hexdigest()
