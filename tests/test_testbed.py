@@ -1,0 +1,266 @@
+"""capo_tutorial.testbed: languages and scripts, ground truth, disjoint splits, noise, determinism."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import time
+from collections import Counter
+
+import datasets
+import pytest
+from babel.dates import get_day_names, get_month_names
+from num2words import num2words
+
+from capo_tutorial.testbed import (
+    ALL_LANGUAGES,
+    COLUMNS,
+    RESOURCE_TIERS,
+    SPLITS,
+    TASK_WEIGHTS,
+    main,
+    make_testbed,
+    resource_noise,
+    write_testbed,
+)
+
+
+@pytest.fixture(scope="module")
+def clean() -> datasets.DatasetDict:
+    return make_testbed(seed=0)
+
+
+@pytest.fixture(scope="module")
+def noisy() -> datasets.DatasetDict:
+    return make_testbed(seed=0, noise=0.3, systematic=["tr"])
+
+
+def _frame(testbed, split):
+    return testbed[split].to_pandas()
+
+
+def test_default_sizes_languages_and_scripts(clean):
+    assert {s: clean[s].num_rows for s in SPLITS} == {"train": 3000, "validation": 600, "test": 600}
+    assert all(clean[s].column_names == list(COLUMNS) for s in SPLITS)
+    train = _frame(clean, "train")
+    assert len(set(train["language"])) == len(ALL_LANGUAGES) == 18
+    scripts = dict(zip(train["language"], train["script"], strict=True))
+    assert (
+        scripts["ja"] == "Jpan"
+        and scripts["ru"] == "Cyrl"
+        and scripts["am"] == "Ethi"
+        and scripts["ko"] == "Kore"
+    )
+    assert len(set(scripts.values())) == 10 and sorted(set(scripts.values())) == [
+        "Arab", "Beng", "Cyrl", "Ethi", "Hebr", "Jpan", "Kore", "Latn", "Telu", "Thai",
+    ]  # fmt: skip
+    counts = train["language"].value_counts()
+    assert counts.max() - counts.min() <= 1  # languages share rows equally
+
+
+def test_generation_is_fast():
+    start = time.perf_counter()
+    make_testbed(seed=11, noise="resource", systematic=["uk"])
+    assert time.perf_counter() - start < 5.0  # ~0.3 s warm, ~0.6 s cold on 2 idle cores
+
+
+def test_task_mix_number_words_dominate(clean):
+    tasks = _frame(clean, "train")["task"].value_counts(normalize=True)
+    assert set(tasks.index) == set(TASK_WEIGHTS)
+    for task, weight in TASK_WEIGHTS.items():
+        assert tasks[task] == pytest.approx(weight, abs=0.02)
+    assert tasks["number_words"] + tasks["number_digits"] == pytest.approx(0.70, abs=0.02)
+
+
+def test_no_prompt_is_shared_between_splits(clean):
+    prompts = {s: set(clean[s]["prompt"][:]) for s in SPLITS}
+    assert not prompts["train"] & prompts["test"]
+    assert not prompts["train"] & prompts["validation"]
+    assert not prompts["validation"] & prompts["test"]
+    for split in SPLITS:  # and no pair twice within a split
+        rows = clean[split].select_columns(["prompt", "chosen", "rejected"]).to_pandas()
+        assert not rows.duplicated().any()
+
+
+def test_numbers_unseen_in_train_are_tested(clean):
+    """The number pool is split by value per language: a test number is never a train number."""
+
+    def numbers(split):
+        frame = _frame(clean, split)
+        frame = frame[(frame.language == "en") & (frame.task == "number_words")]
+        return {int(re.search(r"\d+", p).group()) for p in frame["prompt"]}
+
+    assert numbers("test") and not numbers("test") & numbers("train")
+
+
+def test_english_ground_truth(clean):
+    """Every clean English pair is checked against num2words / CLDR directly."""
+    frame = _frame(clean, "test")
+    english = frame[frame.language == "en"]
+    months = get_month_names("wide", "stand-alone", locale="en")
+    month_index = {months[k]: k for k in range(1, 13)}
+    days = get_day_names("wide", "stand-alone", locale="en")
+    day_index = {days[d]: d for d in range(7)}
+    checked = Counter()
+    for row in english.itertuples():
+        if row.task == "number_words":
+            n = int(re.search(r"\d+", row.prompt).group())
+            assert row.chosen == num2words(n, lang="en") and row.rejected != row.chosen
+        elif row.task == "number_digits":
+            words = re.search(r"“(.+)”", row.prompt).group(1)
+            assert num2words(int(row.chosen), lang="en") == words
+        elif row.task == "month_name":
+            if "comes next" in row.prompt:
+                current = month_index[re.search(r"month is (\w+),", row.prompt).group(1)]
+                assert month_index[row.chosen] == current % 12 + 1
+            else:
+                assert month_index[row.chosen] == int(re.search(r"\d+", row.prompt).group())
+        elif row.task == "weekday_name":
+            today = day_index[re.search(r"today is (\w+),", row.prompt).group(1)]
+            step = 1 if "tomorrow" in row.prompt else -1
+            assert day_index[row.chosen] == (today + step) % 7
+        elif row.task == "date_long":
+            day = dt.date.fromisoformat(re.search(r"\d{4}-\d{2}-\d{2}", row.prompt).group())
+            assert row.chosen == f"{months[day.month]} {day.day}, {day.year}"
+        checked[row.task] += 1
+    assert set(checked) == set(TASK_WEIGHTS)
+
+
+def test_margin_classes_mean_near_miss_and_clearly_wrong(clean):
+    frame = _frame(clean, "train")
+    digits = frame[frame.task == "number_digits"]
+    gaps = (digits["chosen"].astype(int) - digits["rejected"].astype(int)).abs()
+    low, high = digits.margin_class == "low", digits.margin_class == "high"
+    assert set(gaps[low]) == {1, 10}  # off by one in the units or tens: one word differs
+    for chosen, rejected in zip(digits.loc[high, "chosen"], digits.loc[high, "rejected"], strict=True):
+        assert all(a != b for a, b in zip(chosen.zfill(3), rejected.zfill(3), strict=True))
+    share_low = (frame.margin_class == "low").mean()
+    assert 0.45 < share_low < 0.6
+
+
+def test_validation_and_test_are_clean(noisy):
+    for split in ("validation", "test"):
+        frame = _frame(noisy, split)
+        assert not frame["flipped"].any() and set(frame["noise_kind"]) == {"none"}
+
+
+@pytest.mark.parametrize(
+    "noise",
+    [0.1, 0.3, {"bn": 0.4, "te": 0.35, "en": 0.05}, "resource"],
+    ids=["0.1", "0.3", "per-language", "resource"],
+)
+def test_realised_noise_within_stated_tolerance(noise):
+    testbed = make_testbed(seed=2, noise=noise)
+    train = _frame(testbed, "train")
+    asked = resource_noise() if noise == "resource" else noise
+    for language, rows in train.groupby("language"):
+        rate = asked.get(language, 0.0) if isinstance(asked, dict) else asked
+        realised = rows["flipped"].mean()
+        assert abs(realised - rate) <= 0.5 / len(rows) + 1e-12, (language, realised, rate)
+    # Flipped rows really are swapped: the rejected side now holds the correct answer.
+    clean_train = _frame(make_testbed(seed=2), "train").set_index("pair_id")
+    flipped = train[train.flipped].set_index("pair_id")
+    assert (flipped["rejected"] == clean_train.loc[flipped.index, "chosen"]).all()
+    assert (flipped["noise_kind"] == "random").all()
+
+
+def test_resource_schedule_gives_low_resource_languages_noisier_labels():
+    rates = resource_noise()
+    assert rates["en"] == 0.1 and rates["tr"] == 0.2 and rates["am"] == 0.3
+    assert all(rates[lang] >= rates["en"] for lang in ALL_LANGUAGES)
+    assert {RESOURCE_TIERS[lang] for lang in ("bn", "te", "am")} == {3}
+
+
+def test_noise_is_nested_and_pair_ids_are_stable():
+    low = _frame(make_testbed(seed=4, noise=0.2), "train")
+    high = _frame(make_testbed(seed=4, noise=0.4), "train")
+    clean = _frame(make_testbed(seed=4), "train")
+    assert set(low.pair_id) == set(high.pair_id) == set(clean.pair_id)  # ids ignore the noise
+    assert low.pair_id.is_unique
+    assert set(low.pair_id[low.flipped]) < set(high.pair_id[high.flipped])  # paired noise levels
+
+
+def test_systematic_noise_is_a_consistent_learnable_rule(noisy):
+    train = _frame(noisy, "train")
+    turkish = train[train.language == "tr"]
+    candidates = turkish[turkish.systematic_candidate]
+    assert len(candidates) >= 8 and (candidates.noise_kind == "systematic").all()
+    for row in candidates.itertuples():
+        # Every Turkish number ending in 7 is "answered" with n + 1, in both number tasks.
+        if row.task == "number_digits":
+            assert int(row.chosen) == int(row.rejected) + 1 and row.rejected.endswith("7")
+        else:
+            n = int(re.search(r"\d+", row.prompt).group())
+            assert n % 10 == 7 and row.chosen == num2words(n + 1, lang="tr")
+    others = train[(train.language != "tr") & train.systematic_candidate]
+    assert (others.noise_kind != "systematic").all()
+    # Random noise still hits the asked rate on top, drawn from the other rows.
+    assert (turkish.noise_kind == "random").mean() == pytest.approx(0.3, abs=0.5 / len(turkish))
+    # The clean test split holds the pairs that reveal whether a model learned the bias.
+    test = _frame(noisy, "test")
+    probes = test[(test.language == "tr") & test.systematic_candidate]
+    assert len(probes) > 0 and not probes.flipped.any()
+
+
+def test_same_seed_same_rows_other_seed_other_rows(clean):
+    assert make_testbed(seed=0)["train"].to_list() == clean["train"].to_list()
+    assert make_testbed(seed=1)["train"]["prompt"][:] != clean["train"]["prompt"][:]
+
+
+def test_write_testbed_is_byte_identical_and_loadable(tmp_path):
+    kwargs = {"languages": ["en", "ru", "ja", "ar"], "n_train": 200, "n_validation": 40, "n_test": 40}
+    card = write_testbed(tmp_path / "a", noise={"ar": 0.2}, systematic=["ru"], seed=5, **kwargs)
+    write_testbed(tmp_path / "b", noise={"ar": 0.2}, systematic=["ru"], seed=5, **kwargs)
+    names = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert names == ["README.md", "card.json", "test.jsonl", "train.jsonl", "validation.jsonl"]
+    for name in names:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    loaded = datasets.load_dataset(str(tmp_path / "a"))
+    assert {s: loaded[s].num_rows for s in SPLITS} == {"train": 200, "validation": 40, "test": 40}
+    assert (
+        loaded["train"].to_list()
+        == make_testbed(noise={"ar": 0.2}, systematic=["ru"], seed=5, **kwargs)["train"].to_list()
+    )
+    assert json.loads((tmp_path / "a" / "card.json").read_text()) == card
+    by_language = {row["language"]: row for row in card["languages"]}
+    assert by_language["ar"]["noise_asked"] == 0.2 and by_language["ar"]["noise_random_realised"] == 0.2
+    assert (
+        by_language["ru"]["noise_systematic_realised"] > 0 and by_language["en"]["noise_random_realised"] == 0
+    )
+    assert card["scripts"] == ["Arab", "Cyrl", "Jpan", "Latn"]
+    licences = {s["name"]: s["licence"] for s in card["sources"]}
+    assert (
+        licences["num2words"] == "LGPL-2.1" and "Unicode License" in licences["Unicode CLDR (through babel)"]
+    )
+    readme = (tmp_path / "a" / "README.md").read_text()
+    assert "LGPL-2.1" in readme and "| ar | Arab | 50 | 10 | 10 | 0.200 | 0.200 | 0.000 |" in readme
+
+
+def test_command_line_entry_point(tmp_path, capsys):
+    out = tmp_path / "tb"
+    sizes = ["--n-train", "40", "--n-validation", "10", "--n-test", "10"]
+    noise = ["--noise", "en=0.1,th=0.3", "--systematic", "th", "--seed", "3"]
+    code = main(["--out", str(out), "--languages", "en,th", *sizes, *noise])
+    assert code == 0 and "wrote 60 pairs" in capsys.readouterr().out
+    card = json.loads((out / "card.json").read_text())
+    assert card["arguments"]["noise"] == {"en": 0.1, "th": 0.3} and card["arguments"]["seed"] == 3
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--out", str(out), "--languages", "en,xx"])
+    assert exit_info.value.code == 2 and "pick distinct codes" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"languages": ["en", "klingon"]}, "pick distinct codes"),
+        ({"noise": 0.7}, "must be in \\[0, 0.5\\]"),
+        ({"noise": {"zz": 0.1}}, "not in the testbed"),
+        ({"noise": "high"}, "'resource'"),
+        ({"systematic": ["de"], "languages": ["en"]}, "not in the testbed"),
+        ({"n_train": -1}, "non-negative"),
+    ],
+)
+def test_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        make_testbed(**kwargs)
