@@ -490,9 +490,10 @@ def _parse_json_line(text: str) -> dict[str, Any] | PreferenceDataError:
     return value
 
 
-def _read_json_lines(path: Path) -> list[_RawRow]:
+def _read_json_lines(path: Path, data: bytes | None = None) -> list[_RawRow]:
+    """JSON lines: a bad line (bytes or syntax) becomes that row's error, so on_error='skip' can drop it."""
     rows = []
-    for number, item in _decode_lines(_read_bytes(path), path):
+    for number, item in _decode_lines(_read_bytes(path) if data is None else data, path):
         parsed = item if isinstance(item, PreferenceDataError) else _parse_json_line(item)
         if isinstance(parsed, PreferenceDataError):
             rows.append(_RawRow(len(rows), number, None, parsed))
@@ -514,39 +515,37 @@ def _decode_whole(data: bytes, path: Path) -> str:
 
 
 def _read_json(path: Path) -> list[_RawRow]:
-    """A .json file: a JSON array of objects, {"<any key>": [objects]}, or JSON lines."""
+    """A .json file: an array of objects, {"<key>": [objects]}, one object, or JSON lines.
+
+    A whole-file JSON document cannot be read row by row: a syntax error in it stops the load
+    (with its line). Anything that is not one JSON document is read as JSON lines.
+    """
     data = _read_bytes(path)
-    if data.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] != b"[":
-        rows = _read_json_lines(path)
-        if len(rows) == 1 and rows[0].data is not None:
-            lists = [v for v in rows[0].data.values() if isinstance(v, list)]
-            if len(rows[0].data) == 1 and lists and all(isinstance(x, dict) for x in lists[0]):
-                return [_RawRow(i, None, x) for i, x in enumerate(lists[0])]
-        return rows
     try:
-        items = json.loads(_decode_whole(data, path))
-    except json.JSONDecodeError as error:
-        raise _file_error(
-            f"is not valid JSON ({error.msg})", "Fix the JSON.", str(path), "invalid_json", error.lineno
-        ) from None
-    for i, item in enumerate(items):
-        if not isinstance(item, dict):
-            raise _file_error(
-                f"item {i} is a {type(item).__name__}, not an object",
-                "Use objects.",
-                str(path),
-                "invalid_json",
-            )
-    if not items:
+        document = json.loads(_decode_whole(data, path))
+    except (json.JSONDecodeError, PreferenceDataError) as error:
+        if data.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] == b"[" and isinstance(error, json.JSONDecodeError):
+            what = f"is not valid JSON ({error.msg})"
+            raise _file_error(what, "Fix the JSON.", str(path), "invalid_json", error.lineno) from None
+        return _read_json_lines(path, data)
+    if isinstance(document, dict):
+        lists = [v for v in document.values() if isinstance(v, list)]
+        single_table = len(document) == 1 and lists and all(isinstance(x, dict) for x in lists[0])
+        document = lists[0] if single_table else [document]
+    if not document:
         raise _file_error("the file holds an empty list", "Add rows.", str(path), "empty_file")
-    return [_RawRow(i, None, item) for i, item in enumerate(items)]
+    return [_RawRow(i, None, x) if isinstance(x, dict) else _not_a_dict(i, x) for i, x in enumerate(document)]
 
 
 def _read_csv(path: Path) -> list[_RawRow]:
+    """A CSV file with a header; line numbers are where each record ends (records may span lines).
+
+    Undecodable bytes stop the load (with their line): a CSV cannot be re-synchronised row by row.
+    """
     reader = csv.DictReader(io.StringIO(_decode_whole(_read_bytes(path), path), newline=""))
     rows = []
     for record in reader:
-        # csv gives "" for an empty cell; None is what the checks call a missing value.
+        # Extra cells beyond the header come under the key None: they are not a field.
         rows.append(_RawRow(len(rows), reader.line_num, {k: v for k, v in record.items() if k is not None}))
     if not rows:
         raise _file_error("has a header but no rows", "Add rows.", str(path), "empty_file")
@@ -954,18 +953,23 @@ def tokenize_pair(
 
 def _rendered_texts(dataset: datasets.Dataset, tokenizer: Any) -> tuple[list[str], list[str], list[str]]:
     """The three text columns; conversations are re-rendered with this tokenizer's chat template."""
-    if not all(name in dataset.column_names for name in MESSAGE_FIELDS) or not _has_chat_template(tokenizer):
-        # [:] gives a list in every datasets version (datasets 5 returns a lazy Column otherwise).
-        return tuple(dataset[name][:] for name in TEXT_FIELDS)  # type: ignore[return-value]
-    prompts, chosens, rejecteds = [], [], []
-    for row in dataset.select_columns([*TEXT_FIELDS, *MESSAGE_FIELDS]).to_list():
-        if row["prompt_messages"] is None:  # a plain-text row among conversations
-            prompts.append(row["prompt"]), chosens.append(row["chosen"]), rejecteds.append(row["rejected"])
-            continue
-        prompt, chosen = render_conversation(row["prompt_messages"], row["chosen_messages"], tokenizer)
-        prompts.append(prompt), chosens.append(chosen)
-        rejecteds.append(render_conversation(row["prompt_messages"], row["rejected_messages"], tokenizer)[1])
-    return prompts, chosens, rejecteds
+    missing = [name for name in TEXT_FIELDS if name not in dataset.column_names]
+    if missing:
+        raise ValueError(f"the dataset has no {missing} column(s): load it with load_preferences first")
+    # [:] gives a list in every datasets version (datasets 5 returns a lazy Column otherwise).
+    texts = {name: dataset[name][:] for name in TEXT_FIELDS}
+    if all(name in dataset.column_names for name in MESSAGE_FIELDS) and _has_chat_template(tokenizer):
+        messages = dataset.select_columns(list(MESSAGE_FIELDS)).to_list()
+        for i, row in enumerate(messages):
+            if row["prompt_messages"] is None:  # a plain-text row among conversations keeps its text
+                continue
+            texts["prompt"][i], texts["chosen"][i] = render_conversation(
+                row["prompt_messages"], row["chosen_messages"], tokenizer
+            )
+            texts["rejected"][i] = render_conversation(
+                row["prompt_messages"], row["rejected_messages"], tokenizer
+            )[1]
+    return texts["prompt"], texts["chosen"], texts["rejected"]
 
 
 def tokenize_preferences(
@@ -1158,6 +1162,9 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
 
     The order depends only on (lengths, batch_size, seed, epoch), so a run resumed mid-epoch gets
     the same batches and can skip the ones it has done (e.g. accelerate's skip_first_batches).
+    Under accelerate, set the epoch on the PREPARED loader (``loader.set_epoch(epoch)``): its
+    ``__iter__`` calls this sampler's set_epoch with the loader's own epoch counter, which starts
+    at 0 for a freshly prepared loader and would override a value set here directly.
 
     Args:
         lengths: one length per pair (e.g. :func:`pair_lengths`), shape (N,).

@@ -263,7 +263,7 @@ def test_local_files_jsonl_json_csv_parquet_give_the_same_records(tmp_path):
     rows = _pairs(3)
     (tmp_path / "a.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     (tmp_path / "a.json").write_text(json.dumps(rows))
-    (tmp_path / "b.json").write_text(json.dumps({"data": rows}))
+    (tmp_path / "b.json").write_text(json.dumps({"data": rows}, indent=2))  # pretty-printed
     header = "prompt,chosen,rejected,language\n"
     (tmp_path / "a.csv").write_text(
         header + "".join(f'"{r["prompt"]}",{r["chosen"]},{r["rejected"]},en\n' for r in rows)
@@ -272,6 +272,17 @@ def test_local_files_jsonl_json_csv_parquet_give_the_same_records(tmp_path):
     expected = load_preferences(rows).to_list()
     for name in ("a.jsonl", "a.json", "b.json", "a.csv", "a.parquet"):
         assert load_preferences(tmp_path / name).to_list() == expected, name
+    (tmp_path / "one.json").write_text(json.dumps(rows[0], indent=2))  # a single pretty-printed record
+    assert load_preferences(tmp_path / "one.json").to_list() == expected[:1]
+
+
+def test_invalid_json_array_names_the_line(tmp_path):
+    path = tmp_path / "pairs.json"
+    path.write_text(
+        '[\n  {"prompt": "p", "chosen": "a", "rejected": "b", "language": "en"},\n  {"prompt": }\n]'
+    )
+    error = _error(path)
+    assert (error.reason, error.line) == ("invalid_json", 3) and str(error).startswith(f"{path}, line 3:")
 
 
 def test_dataset_dict_split_and_testbed_round_trip(testbed):
@@ -533,6 +544,8 @@ def test_tokenize_preferences_columns(testbed, tokenizer):
     assert tokenizer.decode(row["chosen_input_ids"]) == ds[5]["chosen"] + "<eos>"
     assert tokenizer.decode(row["prompt_input_ids"]) == "<bos>" + ds[5]["prompt"]
     assert "prompt" in tokenize_preferences(ds, tokenizer, keep_text=True).column_names
+    with pytest.raises(ValueError, match="load_preferences first"):
+        tokenize_preferences(datasets.Dataset.from_dict({"question": ["q"]}), tokenizer)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -671,6 +684,24 @@ def test_sampler_drop_last_and_no_shuffle():
     assert list(dropped) == [[1, 5, 3], [0, 4, 6]] and len(dropped) == 2
     shuffled = LengthGroupedBatchSampler(lengths, 3, drop_last=True, seed=1)
     assert all(len(b) == 3 for b in shuffled) and len(shuffled) == len(list(shuffled)) == 2
+
+
+def test_sampler_under_accelerate_epochs_and_resume():
+    """How training must drive it: accelerate's prepared loader calls set_epoch(its own epoch) on the
+    batch sampler at every pass, so the epoch is set on the LOADER; skip_first_batches resumes."""
+    from accelerate import Accelerator, skip_first_batches
+
+    lengths = np.random.default_rng(1).integers(1, 60, size=203)
+    sampler = LengthGroupedBatchSampler(lengths, 8, seed=5)
+    loader = Accelerator(cpu=True).prepare(
+        DataLoader(list(range(203)), batch_sampler=sampler, collate_fn=lambda items: items)
+    )
+    sampler.set_epoch(3)
+    assert list(loader) == sampler.batches(0)  # the loader reset the sampler to ITS epoch (0)
+    loader.set_epoch(3)
+    assert list(loader) == sampler.batches(3)
+    loader.set_epoch(3)
+    assert list(skip_first_batches(loader, 10)) == sampler.batches(3)[10:]
 
 
 def test_grouping_cuts_padding_on_the_testbed(testbed, tokenizer):
