@@ -573,6 +573,10 @@ def _looks_like_path(source: str) -> bool:
 
 def _load_hub(source: str, split: str, config: str | None, hub_kwargs: Mapping[str, Any]) -> datasets.Dataset:
     """datasets.load_dataset for a hub id or a local folder laid out as a hub repository."""
+    if Path(source).is_dir():
+        # datasets 5.2 caches a folder whose README declares configs by config name alone, so an
+        # edited file would be served stale from the cache; re-reading local files is cheap.
+        hub_kwargs = {"download_mode": "force_redownload", **hub_kwargs}
     try:
         loaded = datasets.load_dataset(source, name=config, split=split, **hub_kwargs)
     except (FileNotFoundError, ConnectionError) as error:

@@ -399,14 +399,16 @@ def _near_numbers(n: int, cfg: _Config, rng: random.Random) -> list[int]:
 
 
 def _far_numbers(n: int, cfg: _Config, rng: random.Random) -> list[int]:
-    """Numbers that share no digit position with n (zero-padded): clearly wrong, not a slip."""
-    width = len(str(cfg.max_number))
-    digits = [int(d) for d in str(n).zfill(width)]
+    """Numbers with as many digits as n but a different digit in every position: clearly wrong,
+    not a slip, and not given away by length (a 2-digit n gets a 2-digit distractor)."""
+    digits = [int(d) for d in str(n)]
     out = []
     for _ in range(8):
         # Each position draws one of the 9 digits that differ from n's digit there.
-        m = int("".join(str((d + rng.randint(1, 9)) % 10) for d in digits))
-        if m <= cfg.max_number:
+        far = [(d + rng.randint(1, 9)) % 10 for d in digits]
+        m = int("".join(map(str, far)))
+        leading_zero = len(digits) > 1 and far[0] == 0
+        if not leading_zero and m <= cfg.max_number and abs(m - n) >= 3:
             out.append(m)
     return out
 
@@ -850,11 +852,14 @@ def testbed_card(testbed: datasets.DatasetDict, **arguments: Any) -> dict[str, A
 
 
 def _card_markdown(card: Mapping[str, Any]) -> str:
-    """README.md: a YAML header the ``datasets`` library reads (splits, files), then the card."""
+    """README.md: hub metadata (languages, licence) in a YAML header, then the card.
+
+    No ``configs:`` block: ``datasets`` finds the splits from the file names, and (datasets 5.2)
+    a folder whose README declares configs is cached by config name alone, so loading a rewritten
+    folder would silently return the previous rows.
+    """
     header = ["---", "language:"] + [f"- {row['language']}" for row in card["languages"]]
-    header += ["license: other", "configs:", "- config_name: default", "  data_files:"]
-    header += [f"  - split: {s}\n    path: {s}.jsonl" for s in SPLITS]
-    header += ["---", ""]
+    header += ["license: other", "---", ""]
     lines = [
         f"# {card['name']}",
         "",

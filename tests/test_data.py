@@ -240,6 +240,14 @@ def test_hub_layout_folder_with_per_language_configs(tmp_path):
     assert ds["chosen"][:] == ["Vier", "Berlin", "أربعة", "四"]
 
 
+def test_hub_layout_folder_edits_are_not_served_from_a_stale_cache(tmp_path):
+    root = _write_hub_layout(tmp_path / "bench")
+    assert load_preferences(str(root), config="jpn_Jpan", split="test")["chosen"][:] == ["四"]
+    table = {"prompt": ["三足す三は?"], "chosen": ["六"], "rejected": ["七"], "agree": [1.0]}
+    datasets.Dataset.from_dict(table).to_parquet(str(root / "jpn_Jpan" / "test.parquet"))
+    assert load_preferences(str(root), config="jpn_Jpan", split="test")["chosen"][:] == ["六"]
+
+
 def test_hub_id_resolves_offline_from_the_datasets_cache(tmp_path):
     """The hub-id code path (datasets.load_dataset("owner/name")) with HF_HUB_OFFLINE=1: the cache is
     laid out as a previous online load leaves it ({owner}___{name}/{config}/..., {name}-{split}.arrow)."""
