@@ -48,6 +48,7 @@ import langcodes
 import numpy as np
 import pandas as pd
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import torch
 from torch.utils.data import Sampler
 
@@ -623,13 +624,19 @@ def _read_source(
         if path.suffix.lower() in readers:
             return readers[path.suffix.lower()](path), str(path)
         if path.suffix.lower() == ".parquet":
-            return _dataset_rows(datasets.Dataset.from_parquet(str(path))), str(path)
-    elif not path.exists() and _looks_like_path(name):
+            # Read directly: no cache copy of a local file (and nothing stale to reuse).
+            records = pq.read_table(path).to_pylist()
+            return [_RawRow(i, None, record) for i, record in enumerate(records)], str(path)
+        raise PreferenceDataError(
+            f"has an unsupported file type {path.suffix!r}", reason="unsupported_file", source=name,
+            fix=f"Use one of {', '.join(_FILE_SUFFIXES)}, or load it into a datasets.Dataset first.",
+        )  # fmt: skip
+    if not path.exists() and _looks_like_path(name):
         raise PreferenceDataError(
             "does not exist", reason="not_found", source=name,
-            fix="Check the path (it is resolved from the current directory " f"{Path.cwd()}).",
+            fix=f"Check the path (relative paths start at {Path.cwd()}).",
         )  # fmt: skip
-    elif path.is_dir() and not any(path.iterdir()):
+    if path.is_dir() and not any(path.iterdir()):
         raise PreferenceDataError(
             "is an empty folder", reason="empty_file", source=name, fix="Add data files."
         )
@@ -652,10 +659,15 @@ def _apply_column_map(data: Mapping[str, Any], column_map: Mapping[str, ColumnSo
     """Rename/compute fields: ``{target: source_column or callable(row)}``; sources are consumed."""
     out = {k: v for k, v in data.items() if k not in column_map.values() and k not in column_map}
     for target, src in column_map.items():
-        if callable(src):
+        if not callable(src):
+            if src in data:
+                out[target] = data[src]
+            continue
+        try:
             out[target] = src(data)
-        elif src in data:
-            out[target] = data[src]
+        except Exception as error:  # a user's function: any failure is this row's problem
+            what = f"could not be computed by column_map: {type(error).__name__}: {error}"
+            raise _row_error("column_map_failed", target, what, "Fix the function or the row.") from error
     return out
 
 

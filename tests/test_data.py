@@ -389,6 +389,22 @@ def test_malformed_messages_name_row_and_field(case):
     assert "row 1" in str(error) and f"field '{field}'" in str(error) and what in str(error)
 
 
+def test_failing_column_map_function_names_row_and_field():
+    rows = [{"q": "a", "good": "x", "bad": "y", "score": 1.0}, {"q": "b", "good": "x", "bad": "y"}]
+    column_map = {"prompt": "q", "chosen": "good", "rejected": "bad", "strength": lambda r: r["score"]}
+    error = _error(rows, column_map=column_map, language="en")
+    assert (error.row, error.field, error.reason) == (1, "strength", "column_map_failed")
+    assert "KeyError" in str(error) and "row 1" in str(error)
+    ds = load_preferences(rows, column_map=column_map, language="en", on_error="skip")
+    assert ds["strength"][:] == [1.0]
+
+
+def test_unsupported_file_type(tmp_path):
+    (tmp_path / "pairs.txt").write_text("prompt chosen rejected")
+    error = _error(tmp_path / "pairs.txt")
+    assert error.reason == "unsupported_file" and ".jsonl" in str(error)
+
+
 def test_invalid_json_line_names_file_line_and_row(tmp_path):
     path = tmp_path / "pairs.jsonl"
     lines = [json.dumps(r) for r in _pairs(2)]
