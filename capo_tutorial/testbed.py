@@ -381,8 +381,8 @@ class _Task:
     prompt: Callable[[str, Any], str]
     truth: Callable[[Any], Any]
     render: Callable[[str, Any], str]
-    near: Callable[[Any, _Config, random.Random], list[Any]]
-    far: Callable[[Any, _Config, random.Random], list[Any]]
+    near: Callable[[Any, _Config, random.Random], list[Any]]  # (key, ...) -> wrong values, a slip away
+    far: Callable[[Any, _Config, random.Random], list[Any]]  # (key, ...) -> clearly wrong values
 
 
 def _number_universe(cfg: _Config, rng: random.Random, need: int) -> list[int]:
@@ -433,6 +433,31 @@ def _weekday_universe(cfg: _Config, rng: random.Random, need: int) -> list[tuple
 def _weekday_prompt(language: str, key: tuple[str, int]) -> str:
     kind, d = key
     return _TEMPLATES[language][kind].format(day=_day_names(language)[d])
+
+
+# The step a question asks for: "next month" / "tomorrow" +1, "yesterday" -1, "month number k" none.
+_STEPS: dict[str, int] = {"month_next": 1, "weekday_tomorrow": 1, "weekday_yesterday": -1}
+
+
+def _month_truth(key: tuple[str, int]) -> int:
+    kind, k = key
+    return k % 12 + 1 if kind == "month_next" else k
+
+
+def _weekday_truth(key: tuple[str, int]) -> int:
+    kind, d = key
+    return (d + _STEPS[kind]) % 7
+
+
+def _near_steps(key: tuple[str, int], answer: int) -> list[int]:
+    """Near misses of a name question: one step too far, or a step the wrong way.
+
+    Never the prompt's own month or day: a model that merely copies the prompt would otherwise be
+    pushed below chance on clean pairs, and a reference model's likelihood would call such clean
+    pairs flipped.
+    """
+    step = _STEPS.get(key[0])
+    return [answer - 1, answer + 1] if step is None else [answer + step, answer - 2 * step]
 
 
 def _date_universe(cfg: _Config, rng: random.Random, need: int) -> list[int]:
@@ -508,20 +533,20 @@ _TASKS: dict[str, _Task] = {
         pool="month",
         universe=_month_universe,
         prompt=_month_prompt,
-        truth=lambda key: key[1] % 12 + 1 if key[0] == "month_next" else key[1],
+        truth=_month_truth,
         render=lambda lang, k: _month_names(lang)[k - 1],
-        near=lambda k, cfg, rng: rng.sample(_cyclic([k - 1, k + 1], 12, 1), 2),
-        far=lambda k, cfg, rng: rng.sample(_cyclic([k + 5, k + 6, k + 7], 12, 1), 3),
+        near=lambda key, cfg, rng: rng.sample(_cyclic(_near_steps(key, _month_truth(key)), 12, 1), 2),
+        far=lambda key, cfg, rng: rng.sample(_cyclic([_month_truth(key) + d for d in (5, 6, 7)], 12, 1), 3),
     ),
     "weekday_name": _Task(
         name="weekday_name",
         pool="weekday",
         universe=_weekday_universe,
         prompt=_weekday_prompt,
-        truth=lambda key: (key[1] + (1 if key[0] == "weekday_tomorrow" else -1)) % 7,
+        truth=_weekday_truth,
         render=lambda lang, d: _day_names(lang)[d],
-        near=lambda d, cfg, rng: rng.sample(_cyclic([d - 1, d + 1], 7), 2),
-        far=lambda d, cfg, rng: rng.sample(_cyclic([d + 3, d + 4], 7), 2),
+        near=lambda key, cfg, rng: rng.sample(_cyclic(_near_steps(key, _weekday_truth(key)), 7), 2),
+        far=lambda key, cfg, rng: rng.sample(_cyclic([_weekday_truth(key) + d for d in (3, 4)], 7), 2),
     ),
 }
 
@@ -588,7 +613,7 @@ def _make_pair(
         first = "low" if rng.random() < cfg.low_margin_fraction else "high"
         second = "high" if first == "low" else "low"
         pick = {"low": task.near, "high": task.far}
-        options = [(first, pick[first](value, cfg, rng)), (second, pick[second](value, cfg, rng))]
+        options = [(first, pick[first](key, cfg, rng)), (second, pick[second](key, cfg, rng))]
     for margin, wrong_values in options:
         for wrong in wrong_values:
             distractor = task.render(language, wrong)

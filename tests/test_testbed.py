@@ -140,6 +140,15 @@ def test_margin_classes_mean_near_miss_and_clearly_wrong(clean):
     assert 0.45 < share_low < 0.6
 
 
+def test_name_questions_never_offer_the_prompts_own_name_as_the_near_miss(clean):
+    """A copy of the prompt's month/day would be a trap that puts a copying model below chance."""
+    frame = _frame(clean, "train")
+    names = frame[frame.task.isin(["month_name", "weekday_name"]) & (frame.language == "en")]
+    assert len(names) > 10
+    for row in names.itertuples():
+        assert row.rejected not in row.prompt
+
+
 def test_validation_and_test_are_clean(noisy):
     for split in ("validation", "test"):
         frame = _frame(noisy, split)
