@@ -92,8 +92,15 @@ Messages = list[dict[str, str]]
 class PreferenceDataError(ValueError):
     """Bad preference data: the message says where (file, line, row), which field, what, and the fix.
 
+    Reasons of row problems (raised, or dropped and counted with on_error="skip"): missing_field,
+    null_field, empty_text, not_a_string, identical_pair, unknown_language, malformed_messages,
+    mixed_formats, invalid_strength, column_map_failed, not_a_dict, invalid_json,
+    undecodable_bytes. Reasons of source problems (always raised): not_found, empty_file,
+    unsupported_file, bad_split_or_config, no_valid_rows (and missing_field for a column that
+    no row has).
+
     Attributes:
-        reason: a short key ("missing_field", "empty_text", "invalid_json", ...), as in reports.
+        reason: the short key above, as used in ValidationReport.skipped.
         row: 0-based row index in the source, or None for a whole-source problem.
         field: the field at fault, or None.
         line: 1-based line in the file, when the source is a text file.
