@@ -1,0 +1,717 @@
+"""The book's figures: seaborn/matplotlib functions that return a Figure, in one house style.
+
+Every function computes what it draws through the package (``losses.preference_loss``,
+``losses.capo_weights``, ``metrics``) or takes a table that the package produced, labels its axes
+with units, and returns the :class:`matplotlib.figure.Figure` without showing it (a notebook shows
+the returned figure; a script saves it with ``fig.savefig``). Single-panel functions accept ``ax=``
+to draw into an existing axes.
+
+Units: log-probabilities, implicit rewards, margins and losses are in nats; per-token likelihood
+margins in nats per token; weights, gradients with respect to the margin, accuracies and
+probabilities are dimensionless.
+
+Colours are stable across the book: DPO and each baseline keep one colour everywhere, and every
+CAPO variant is drawn in a warm shade (see :func:`method_palette`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import matplotlib as mpl
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+import torch
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import PercentFormatter
+
+from capo_tutorial.losses import ConfidenceSignals, capo_weights, preference_loss
+
+__all__ = [
+    "DEFAULT_LOSSES",
+    "METRIC_LABELS",
+    "house_style",
+    "loss_curves",
+    "method_palette",
+    "plot_accuracy_vs_noise",
+    "plot_beta_effect",
+    "plot_loss_and_gradient",
+    "plot_per_language",
+    "plot_reliability",
+    "plot_tilted_policy",
+    "plot_training_curves",
+    "plot_weight_vs_margin",
+    "set_house_style",
+]
+
+# --------------------------------------------------------------------------------------------------
+# House style and colours
+# --------------------------------------------------------------------------------------------------
+
+_RC: dict[str, Any] = {
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.titlesize": "medium",
+    "legend.frameon": False,
+    "figure.dpi": 110,
+    "savefig.dpi": 150,
+    "savefig.bbox": "tight",
+}
+
+# One colour per baseline, everywhere in the book (seaborn's colour-blind palette).
+_BASELINE_ORDER = ("dpo", "cdpo", "rdpo", "ipo", "hinge", "simpo", "sft", "reference")
+_CAPO_PALETTE = "rocket"  # dark purple to red: apart from the baselines' colours
+
+
+def _capo_colours(count: int) -> list[tuple[float, float, float]]:
+    """``count`` warm shades for CAPO variants, from the middle of the rocket palette (no black, no white)."""
+    return sns.color_palette(_CAPO_PALETTE, count + 2)[1:-1] if count else []
+
+
+def set_house_style() -> None:
+    """Apply the book's style globally (seaborn whitegrid, notebook context, no top/right spines)."""
+    sns.set_theme(context="notebook", style="whitegrid", palette="colorblind", rc=_RC)
+
+
+@contextlib.contextmanager
+def house_style() -> Iterator[None]:
+    """Context manager: the book's style for the figures created inside it, without global effects.
+
+    Only the style's own settings are saved and restored (``plt.rc_context`` would also restore the
+    backend setting, which breaks Jupyter's inline figures after the first one).
+    """
+    saved = {key: mpl.rcParams[key] for key in _RC}
+    with sns.axes_style("whitegrid"), sns.plotting_context("notebook"):
+        mpl.rcParams.update(_RC)
+        try:
+            yield
+        finally:
+            mpl.rcParams.update(saved)
+
+
+def _family(label: str) -> str:
+    """The loss family a label belongs to: its first word ('capo (sigmoid, γ=1)' -> 'capo')."""
+    return label.split()[0].split("(")[0].lower() if label.strip() else label
+
+
+def method_palette(labels: Sequence[str]) -> dict[str, tuple[float, float, float]]:
+    """A colour per label: fixed colours for the baselines, warm shades for the CAPO variants.
+
+    The family is the label's first word: "dpo" is always the same blue, "rdpo" the same green,
+    and the labels that start with "capo" share shades of the sequential "rocket" palette in the given order.
+    Unknown families take the remaining colour-blind colours in order.
+    """
+    base = sns.color_palette("colorblind", 10)
+    fixed = {name: base[index] for index, name in enumerate(_BASELINE_ORDER)}
+    unique = list(dict.fromkeys(labels))
+    capo = [label for label in unique if _family(label) == "capo"]
+    capo_colours = _capo_colours(len(capo))
+    spare = iter(base[len(_BASELINE_ORDER) :] + sns.color_palette("dark", 10))
+    palette: dict[str, tuple[float, float, float]] = {}
+    for label in unique:
+        family = _family(label)
+        if family == "capo":
+            palette[label] = capo_colours[capo.index(label)]
+        elif family in fixed and fixed[family] not in palette.values():
+            palette[label] = fixed[family]
+        else:
+            palette[label] = next(spare)
+    return palette
+
+
+def _finish(fig: Figure) -> Figure:
+    """Tighten the layout of a figure that this module built."""
+    fig.tight_layout()
+    return fig
+
+
+def _new_axes(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axes]:
+    if ax is not None:
+        return ax.figure, ax
+    fig, ax = plt.subplots(figsize=figsize)
+    return fig, ax
+
+
+def _guide_line(ax: Axes, y: float | None = None, x: float | None = None) -> None:
+    """A thin grey reference line that stays out of legends and line counts (label starts with '_')."""
+    style = dict(color="0.55", linewidth=0.8, linestyle=":", zorder=0, label="_guide")
+    if y is not None:
+        ax.axhline(y, **style)
+    if x is not None:
+        ax.axvline(x, **style)
+
+
+# --------------------------------------------------------------------------------------------------
+# Loss and gradient against the margin
+# --------------------------------------------------------------------------------------------------
+
+LossSpec = tuple[str, Mapping[str, Any]] | tuple[str, Mapping[str, Any], str]
+
+DEFAULT_LOSSES: tuple[tuple[str, dict[str, Any], str], ...] = (
+    ("dpo", {}, "dpo"),
+    ("cdpo", {"label_smoothing": 0.1}, "cdpo (ε=0.1)"),
+    ("rdpo", {"label_smoothing": 0.1}, "rdpo (ε=0.1)"),
+    ("ipo", {}, "ipo"),
+    ("hinge", {}, "hinge"),
+    ("simpo", {"target_margin": 0.5}, "simpo (margin 0.5)"),
+    ("capo", {"gamma": 0.5, "tau": 1.0, "normalize": False}, "capo (γ=0.5, τ=1)"),
+    ("capo", {"gamma": 1.0, "tau": 1.0, "normalize": False}, "capo (γ=1, τ=1)"),
+    ("capo", {"gamma": 2.0, "tau": 1.0, "normalize": False}, "capo (γ=2, τ=1)"),
+)
+"""Every pairwise loss in the package, as (name, params, label): the default of the loss figures.
+
+CAPO's weights are left unnormalised here: a curve is a grid of independent pairs, and the
+batch normalisation (mean weight 1) would only rescale the whole curve.
+"""
+
+
+def _label(name: str, params: Mapping[str, Any]) -> str:
+    shown = {key: value for key, value in params.items() if key != "normalize"}
+    if not shown:
+        return name
+    return f"{name} (" + ", ".join(f"{key}={value}" for key, value in shown.items()) + ")"
+
+
+def _specs(losses: Sequence[LossSpec]) -> list[tuple[str, dict[str, Any], str]]:
+    specs = []
+    for spec in losses:
+        if len(spec) == 2:
+            name, params = spec  # type: ignore[misc]
+            specs.append((name, dict(params), _label(name, params)))
+        elif len(spec) == 3:
+            name, params, label = spec  # type: ignore[misc]
+            specs.append((name, dict(params), label))
+        else:
+            raise ValueError(f"a loss is given as (name, params) or (name, params, label); got {spec!r}")
+    return specs
+
+
+def loss_curves(
+    losses: Sequence[LossSpec] = DEFAULT_LOSSES,
+    margins: torch.Tensor | Sequence[float] | None = None,
+    *,
+    beta: float = 1.0,
+) -> pd.DataFrame:
+    """Per-pair loss, gradient dl/dm and weight on a grid of margins, computed by the package.
+
+    Each margin m becomes one pair whose policy log-probs are (m / beta, 0), whose reference
+    log-probs are (0, 0) and whose completions are one token long (so the length-normalised
+    losses, IPO and SimPO, see the same m); ``preference_loss`` computes the loss and autograd
+    gives dl/dm.
+
+    Args:
+        losses: (name, params) or (name, params, label) for each curve; names are keys of
+            ``capo_tutorial.losses.LOSSES``.
+        margins: (G,) grid of margins m in nats (default: 241 points on [-6, 6]).
+        beta: the inverse temperature passed to every loss. DPO-family losses depend on m only;
+            IPO is (m - 1/2)^2 / beta^2 in these units; SimPO's reward is m whatever beta is.
+
+    Returns:
+        Long DataFrame with columns label, name, margin (nats), loss (nats), gradient (dl/dm) and
+        weight (the loss's per-pair weight, 1 for unweighted losses).
+    """
+    grid = torch.linspace(-6, 6, 241) if margins is None else torch.as_tensor(margins, dtype=torch.float32)
+    frames = []
+    for name, params, label in _specs(losses):
+        margin = grid.clone().requires_grad_(True)
+        zeros, ones = torch.zeros_like(grid), torch.ones_like(grid)
+        output = preference_loss(
+            name,
+            margin / beta,
+            zeros,
+            zeros,
+            zeros,
+            beta=beta,
+            chosen_lengths=ones,
+            rejected_lengths=ones,
+            **params,
+        )
+        (gradient,) = torch.autograd.grad(output.losses.sum(), margin)
+        frames.append(
+            pd.DataFrame(
+                {
+                    "label": label,
+                    "name": name,
+                    "margin": grid.numpy(),
+                    "loss": output.losses.detach().numpy(),
+                    "gradient": gradient.numpy(),
+                    "weight": output.weights.numpy(),
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True)
+
+
+def plot_loss_and_gradient(
+    losses: Sequence[LossSpec] = DEFAULT_LOSSES,
+    margins: torch.Tensor | Sequence[float] | None = None,
+    *,
+    beta: float = 1.0,
+    loss_ylim: tuple[float, float] | None = (-1.5, 6.5),
+    gradient_ylim: tuple[float, float] | None = (-1.6, 1.0),
+) -> Figure:
+    """Two panels: each loss and its gradient dl/dm against the margin m (see :func:`loss_curves`).
+
+    Args:
+        losses: (name, params) or (name, params, label) per curve (default: every pairwise loss).
+        margins: (G,) grid of margins in nats.
+        beta: passed to every loss (see :func:`loss_curves`).
+        loss_ylim, gradient_ylim: y-limits (None: automatic); IPO's quadratic leaves the default
+            panels for large |m|, on purpose, so that the other curves stay readable.
+
+    Returns:
+        The figure; axes[0] holds one line per loss (loss in nats), axes[1] one line per loss
+        (dl/dm), in the order given.
+    """
+    frame = loss_curves(losses, margins, beta=beta)
+    labels = list(dict.fromkeys(frame.label))
+    palette = method_palette(labels)
+    with house_style():
+        fig, (loss_ax, grad_ax) = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
+        for ax in (loss_ax, grad_ax):
+            _guide_line(ax, y=0.0, x=0.0)
+        for label in labels:
+            rows = frame[frame.label == label]
+            style = dict(color=palette[label], linewidth=2.2 if _family(label) == "capo" else 1.6)
+            if _family(label) != "capo" and label.split()[0] not in ("dpo",):
+                style["linestyle"] = "--"
+            loss_ax.plot(rows.margin, rows.loss, label=label, **style)
+            grad_ax.plot(rows.margin, rows.gradient, label=label, **style)
+        loss_ax.set(xlabel="margin m = r_w − r_l (nats)", ylabel="per-pair loss ℓ (nats)", title="Loss")
+        grad_ax.set(
+            xlabel="margin m = r_w − r_l (nats)",
+            ylabel="gradient dℓ/dm (dimensionless)",
+            title="Gradient with respect to the margin",
+        )
+        if loss_ylim is not None:
+            loss_ax.set_ylim(*loss_ylim)
+        if gradient_ylim is not None:
+            grad_ax.set_ylim(*gradient_ylim)
+        grad_ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize="small")
+        return _finish(fig)
+
+
+def plot_beta_effect(
+    betas: Sequence[float] = (0.05, 0.1, 0.5, 1.0),
+    log_ratio_margins: torch.Tensor | Sequence[float] | None = None,
+) -> Figure:
+    """DPO's loss and per-pair push against the log-ratio margin Δρ = ρ_w − ρ_l, for several beta.
+
+    The push is |∂ℓ/∂ log π(y_w|x)| = beta * sigmoid(−beta Δρ): how strongly one pair moves the
+    chosen response's log-probability, obtained by autograd through ``preference_loss("dpo", ...)``.
+
+    Args:
+        betas: the values of beta, one line each.
+        log_ratio_margins: (G,) grid of Δρ in nats (default: 241 points on [-30, 30]).
+
+    Returns:
+        The figure; axes[0]: loss (nats) against Δρ, axes[1]: the push (log scale), one line per beta.
+    """
+    grid = (
+        torch.linspace(-30, 30, 241)
+        if log_ratio_margins is None
+        else torch.as_tensor(log_ratio_margins, dtype=torch.float32)
+    )
+    palette = sns.color_palette("crest", len(betas))
+    with house_style():
+        fig, (loss_ax, push_ax) = plt.subplots(1, 2, figsize=(10, 3.8), sharex=True)
+        _guide_line(loss_ax, x=0.0)
+        _guide_line(push_ax, x=0.0)
+        for colour, beta in zip(palette, betas):
+            policy_chosen = grid.clone().requires_grad_(True)
+            zeros = torch.zeros_like(grid)
+            output = preference_loss("dpo", policy_chosen, zeros, zeros, zeros, beta=beta)
+            (gradient,) = torch.autograd.grad(output.losses.sum(), policy_chosen)
+            loss_ax.plot(grid, output.losses.detach(), color=colour, label=f"β = {beta:g}")
+            push_ax.plot(grid, gradient.abs(), color=colour, label=f"β = {beta:g}")
+        loss_ax.set(xlabel="log-ratio margin Δρ = ρ_w − ρ_l (nats)", ylabel="DPO loss ℓ (nats)")
+        push_ax.set(
+            xlabel="log-ratio margin Δρ = ρ_w − ρ_l (nats)",
+            ylabel="push |∂ℓ/∂ log π(y_w|x)| (log scale)",
+            yscale="log",
+            ylim=(1e-4, 2.0),
+        )
+        loss_ax.set_title("Loss")
+        push_ax.set_title("How hard one pair pushes")
+        push_ax.legend(loc="lower left")
+        return _finish(fig)
+
+
+# --------------------------------------------------------------------------------------------------
+# CAPO's weights
+# --------------------------------------------------------------------------------------------------
+
+_SOURCE_AXES = {
+    "sigmoid": ("implicit margin m (nats)", (-6.0, 6.0)),
+    "implicit": ("implicit margin m (nats)", (-6.0, 6.0)),
+    "batch": ("standardised margin (m − batch mean) / batch std", (-6.0, 6.0)),
+    "reference": ("reference margin d_ref (nats/token)", (-4.0, 4.0)),
+    "policy": ("policy margin d (nats/token)", (-4.0, 4.0)),
+}
+
+
+def _source_signals(source: str, grid: torch.Tensor) -> tuple[ConfidenceSignals, torch.Tensor]:
+    """Signals for a grid of pairs that differ only in the signal this source reads; and the x values."""
+    zeros, ones = torch.zeros_like(grid), torch.ones_like(grid)
+    if source in ("sigmoid", "implicit"):
+        return ConfidenceSignals(grid, zeros, zeros, ones, ones), grid
+    if source == "batch":
+        # One batch whose margins spread like a normal distribution (its quantiles), centred at 1 nat.
+        probabilities = torch.linspace(-0.997, 0.997, grid.numel())
+        margins = 1.0 + 2.0 * math.sqrt(2.0) * torch.erfinv(probabilities)
+        return ConfidenceSignals(margins, zeros, zeros, ones, ones), (
+            margins - margins.mean()
+        ) / margins.std()
+    if source == "reference":
+        return ConfidenceSignals(zeros, grid, zeros, ones, ones), grid
+    if source == "policy":
+        return ConfidenceSignals(zeros, zeros, grid, ones, ones), grid
+    raise ValueError(
+        f"plot_weight_vs_margin draws the built-in sources {sorted(_SOURCE_AXES)}; got {source!r}"
+    )
+
+
+def plot_weight_vs_margin(
+    gammas: Sequence[float] = (0.0, 0.5, 1.0, 2.0),
+    sources: Sequence[str] = ("sigmoid", "batch", "reference", "policy"),
+    tau: float | Mapping[str, float] = 1.0,
+    *,
+    points: int = 241,
+) -> Figure:
+    """CAPO's unnormalised weight w = c**gamma against the signal each confidence source reads.
+
+    One panel per source; one line per gamma. The weights come from
+    ``capo_tutorial.losses.capo_weights`` with ``normalize=False`` on a grid of pairs that differ
+    only in that source's signal (for "batch", the grid is the batch, and the x-axis is each
+    pair's margin standardised over it; the batch's margins are spread like a normal distribution).
+
+    Args:
+        gammas: focusing exponents, one line each (gamma = 0 is DPO's flat weight 1).
+        sources: built-in confidence sources, one panel each.
+        tau: the temperature, one for all sources or a mapping source -> tau.
+        points: grid size.
+
+    Returns:
+        The figure; each panel has ``len(gammas)`` lines.
+    """
+    unknown = [source for source in sources if source not in _SOURCE_AXES]
+    if unknown:
+        raise ValueError(
+            f"plot_weight_vs_margin draws the built-in sources {sorted(_SOURCE_AXES)}; got {unknown} "
+            "(a callable source reads several signals at once: plot its weights against the one you choose)"
+        )
+    palette = _capo_colours(len(gammas))
+    columns = min(len(sources), 2)
+    rows = math.ceil(len(sources) / columns)
+    with house_style():
+        fig, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 3.5 * rows), squeeze=False)
+        for ax, source in zip(axes.flat, sources):
+            source_tau = tau[source] if isinstance(tau, Mapping) else tau
+            xlabel, (low, high) = _SOURCE_AXES[source]
+            grid = torch.linspace(low, high, points)
+            signals, x = _source_signals(source, grid)
+            _guide_line(ax, x=0.0)
+            for colour, gamma in zip(palette, gammas):
+                weights = capo_weights(signals, gamma=gamma, tau=source_tau, source=source, normalize=False)
+                ax.plot(x, weights, color=colour, linewidth=2, label=f"γ = {gamma:g}")
+            ax.set(xlabel=xlabel, ylabel=r"weight $w = c^{\gamma}$ (unnormalised)", ylim=(-0.03, 1.05))
+            ax.set_title(f'source "{source}", τ = {source_tau:g}')
+        for ax in list(axes.flat)[len(sources) :]:
+            ax.set_visible(False)
+        axes.flat[0].legend(loc="upper left")
+        return _finish(fig)
+
+
+# --------------------------------------------------------------------------------------------------
+# Chapter 1: the KL-regularised optimal policy
+# --------------------------------------------------------------------------------------------------
+
+
+def plot_tilted_policy(
+    rewards: Sequence[float],
+    reference_probs: Sequence[float],
+    betas: Sequence[float] = (0.25, 1.0, 4.0),
+    *,
+    response_labels: Sequence[str] | None = None,
+    ax: Axes | None = None,
+) -> Figure:
+    """Bars of the reference policy and of the optimal policy pi* ∝ pi_ref * exp(r / beta) per beta.
+
+    This is the closed form of the KL-regularised RLHF objective for one prompt with a handful of
+    possible responses (a softmax of log pi_ref + r / beta).
+
+    Args:
+        rewards: (K,) reward r(x, y) of each response, in nats.
+        reference_probs: (K,) pi_ref(y|x), positive (normalised here).
+        betas: the KL strengths to draw.
+        response_labels: (K,) names of the responses (default y1..yK with their rewards).
+        ax: draw into this axes.
+
+    Returns:
+        The figure; the axes holds 1 + len(betas) groups of K bars (reference first).
+    """
+    reward = torch.as_tensor(rewards, dtype=torch.float64)
+    reference = torch.as_tensor(reference_probs, dtype=torch.float64)
+    if reward.shape != reference.shape or reward.dim() != 1:
+        raise ValueError("rewards and reference_probs must be 1-D with one entry per response")
+    if not bool((reference > 0).all()):
+        raise ValueError("reference_probs must be > 0 for every response")
+    reference = reference / reference.sum()
+    names = response_labels or [f"y{k + 1}\nr = {r:+.1f}" for k, r in enumerate(reward.tolist())]
+    columns = {"π_ref": reference}
+    for beta in betas:
+        columns[f"π*, β = {beta:g}"] = torch.softmax(reference.log() + reward / beta, dim=0)
+    frame = pd.DataFrame({key: value.numpy() for key, value in columns.items()}, index=names)
+    long = frame.reset_index(names="response").melt(id_vars="response", var_name="policy", value_name="p")
+    colours = ["0.6", *sns.color_palette("crest", len(betas))]
+    with house_style():
+        fig, ax = _new_axes(ax, (8, 3.6))
+        sns.barplot(long, x="response", y="p", hue="policy", palette=colours, ax=ax)
+        ax.set(xlabel="response y (reward r(x, y) in nats)", ylabel="probability π(y | x)")
+        ax.legend(title=None, loc="upper right")
+        return _finish(fig)
+
+
+# --------------------------------------------------------------------------------------------------
+# Experiments: noise curves, training curves, per-language bars, reliability diagrams
+# --------------------------------------------------------------------------------------------------
+
+
+def plot_accuracy_vs_noise(
+    results: pd.DataFrame,
+    *,
+    x: str = "noise",
+    y: str = "accuracy",
+    hue: str = "method",
+    baselines: Mapping[str, float] | None = None,
+    xlabel: str = "training labels flipped (%)",
+    ylabel: str = "reward accuracy on clean test pairs",
+    ax: Axes | None = None,
+) -> Figure:
+    """Mean ± standard deviation over seeds of ``y`` against ``x``, one line per ``hue``; seeds as dots.
+
+    Args:
+        results: long DataFrame, one row per run (e.g. columns method, noise, seed, accuracy);
+            ``x`` is a fraction in [0, 1] (shown in %), ``y`` a fraction.
+        baselines: label -> value drawn as horizontal dashed lines (e.g. the reference model's own
+            pair ranking accuracy).
+        ax: draw into this axes.
+
+    Returns:
+        The figure; the axes holds one error-bar line per hue level (label = the level), in order
+        of first appearance.
+    """
+    missing = {x, y, hue} - set(results.columns)
+    if missing:
+        raise ValueError(f"results lacks the columns {sorted(missing)}; it has {list(results.columns)}")
+    levels = list(dict.fromkeys(results[hue]))
+    palette = method_palette(levels)
+    xs = np.sort(results[x].unique())
+    spacing = float(np.min(np.diff(xs))) if len(xs) > 1 else 1.0
+    offsets = np.linspace(-0.12, 0.12, len(levels)) * spacing if len(levels) > 1 else [0.0]
+    with house_style():
+        fig, ax = _new_axes(ax, (8.5, 4))
+        for offset, level in zip(offsets, levels):
+            rows = results[results[hue] == level]
+            summary = rows.groupby(x)[y].agg(["mean", "std"]).reindex(xs)
+            colour = palette[level]
+            ax.scatter(
+                rows[x].to_numpy(dtype=float) + offset,
+                rows[y].to_numpy(dtype=float),
+                color=colour,
+                alpha=0.35,
+                s=14,
+                label="_seeds",
+            )
+            ax.errorbar(
+                summary.index.to_numpy(dtype=float) + offset,
+                summary["mean"].to_numpy(dtype=float),
+                yerr=summary["std"].fillna(0.0).to_numpy(dtype=float),
+                color=colour,
+                marker="o",
+                capsize=3,
+                linewidth=1.8,
+                label=str(level),
+            )
+        for index, (label, value) in enumerate((baselines or {}).items()):
+            ax.axhline(
+                value, color="0.35", linestyle=("--", "-.", ":")[index % 3], linewidth=1.1, label=label
+            )
+        ax.xaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
+        ax.set_xticks(xs)
+        ax.set(xlabel=xlabel, ylabel=ylabel)
+        ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize="small")
+        return _finish(fig)
+
+
+METRIC_LABELS: dict[str, str] = {
+    "loss": "loss (nats)",
+    "rewards/accuracies": "reward accuracy (fraction)",
+    "rewards/margins": "reward margin (nats)",
+    "rewards/chosen": "chosen reward r_w (nats)",
+    "rewards/rejected": "rejected reward r_l (nats)",
+    "eval_loss": "evaluation loss (nats)",
+    "eval_rewards/accuracies": "evaluation reward accuracy (fraction)",
+    "eval_rewards/margins": "evaluation reward margin (nats)",
+}
+"""Axis labels (with units) for the metric names TRL logs and ``capo_tutorial.training`` records."""
+
+
+def plot_training_curves(
+    history: pd.DataFrame,
+    metrics: Sequence[str] = ("loss", "rewards/accuracies", "rewards/margins"),
+    *,
+    x: str = "step",
+    hue: str | None = None,
+    style: str | None = None,
+    labels: Mapping[str, str] | None = None,
+) -> Figure:
+    """One panel per metric against the optimizer step; runs told apart by ``hue`` (and ``style``).
+
+    Repeated rows (e.g. several seeds at the same step and hue) are drawn as mean ± standard
+    deviation by seaborn.
+
+    Args:
+        history: DataFrame with a column ``x`` and the metrics as columns, TRL's names
+            (loss, rewards/accuracies, rewards/margins, ...); rows with a missing metric are skipped.
+        metrics: the columns to draw, one panel each.
+        hue, style: optional columns that tell runs apart (e.g. "method", "seed").
+        labels: y-axis label per metric (default: :data:`METRIC_LABELS`, else the column name).
+
+    Returns:
+        The figure with ``len(metrics)`` panels.
+    """
+    missing = {x, *metrics, *(c for c in (hue, style) if c)} - set(history.columns)
+    if missing:
+        raise ValueError(f"history lacks the columns {sorted(missing)}; it has {list(history.columns)}")
+    names = {**METRIC_LABELS, **(labels or {})}
+    palette = method_palette([str(v) for v in dict.fromkeys(history[hue])]) if hue else None
+    data = history.assign(**{hue: history[hue].astype(str)}) if hue else history
+    with house_style():
+        legend_width = 2.6 if (hue or style) else 0.0
+        fig, axes = plt.subplots(
+            1, len(metrics), figsize=(4.6 * len(metrics) + legend_width, 3.6), squeeze=False
+        )
+        for index, (ax, metric) in enumerate(zip(axes.flat, metrics)):
+            rows = data.dropna(subset=[metric])
+            sns.lineplot(
+                rows,
+                x=x,
+                y=metric,
+                hue=hue,
+                style=style,
+                palette=palette,
+                errorbar="sd",
+                ax=ax,
+                legend=index == len(metrics) - 1,
+            )
+            ax.set(xlabel="optimizer step" if x == "step" else x, ylabel=names.get(metric, metric))
+        if hue or style:
+            axes.flat[-1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize="small")
+        return _finish(fig)
+
+
+def plot_per_language(
+    tables: pd.DataFrame | Mapping[str, pd.DataFrame],
+    *,
+    chance: float | None = 0.5,
+    ax: Axes | None = None,
+) -> Figure:
+    """Reward accuracy per language with its interval, one bar group per language, one bar per method.
+
+    Args:
+        tables: a table of ``metrics.per_language_summary`` (index language; columns accuracy,
+            accuracy_low, accuracy_high), or a mapping method -> such a table. The "all" row, if
+            present, is drawn last.
+        chance: draw a dotted line at this accuracy (None: none).
+        ax: draw into this axes.
+
+    Returns:
+        The figure; its axes holds one bar container per method (``ax.containers``), bars in the
+        order of the languages on the x-axis.
+    """
+    named = {"model": tables} if isinstance(tables, pd.DataFrame) else dict(tables)
+    for method, table in named.items():
+        missing = {"accuracy", "accuracy_low", "accuracy_high"} - set(table.columns)
+        if missing:
+            raise ValueError(f"table {method!r} lacks the columns {sorted(missing)}")
+    languages = sorted({str(lang) for table in named.values() for lang in table.index} - {"all"})
+    if any("all" in table.index for table in named.values()):
+        languages.append("all")
+    palette = method_palette(list(named))
+    width = 0.8 / len(named)
+    positions = np.arange(len(languages))
+    with house_style():
+        fig, ax = _new_axes(ax, (max(6.0, 0.55 * len(languages) * max(1, len(named) ** 0.5) + 2), 3.8))
+        for index, (method, table) in enumerate(named.items()):
+            table = table.reindex(languages)
+            accuracy = table["accuracy"].to_numpy(dtype=float)
+            errors = np.vstack(
+                [
+                    accuracy - table["accuracy_low"].to_numpy(float),
+                    table["accuracy_high"].to_numpy(float) - accuracy,
+                ]
+            )
+            ax.bar(
+                positions + (index - (len(named) - 1) / 2) * width,
+                accuracy,
+                width=width,
+                yerr=np.nan_to_num(errors),
+                color=palette[method],
+                capsize=2,
+                error_kw={"linewidth": 0.8},
+                label=method,
+            )
+        if chance is not None:
+            _guide_line(ax, y=chance)
+        ax.set_xticks(positions, languages)
+        ax.set(xlabel="language", ylabel="reward accuracy (95% interval)", ylim=(0, 1.02))
+        if len(named) > 1:
+            ax.legend(loc="lower left", fontsize="small", ncols=min(len(named), 4))
+        return _finish(fig)
+
+
+def plot_reliability(
+    tables: pd.DataFrame | Mapping[str, pd.DataFrame],
+    *,
+    ax: Axes | None = None,
+) -> Figure:
+    """Reliability diagram: observed frequency against predicted probability, per ``calibration_table``.
+
+    Args:
+        tables: a table of ``metrics.calibration_table`` (columns mean_confidence, accuracy, n)
+            or a mapping model -> such a table. Marker area grows with the bin's count.
+        ax: draw into this axes.
+
+    Returns:
+        The figure; its axes holds one line per table (label = the name), plus the dotted diagonal.
+    """
+    named = {"model": tables} if isinstance(tables, pd.DataFrame) else dict(tables)
+    palette = method_palette(list(named))
+    with house_style():
+        fig, ax = _new_axes(ax, (4.6, 4.4))
+        ax.plot([0, 1], [0, 1], color="0.55", linestyle=":", linewidth=1, label="_perfect calibration")
+        for name, table in named.items():
+            missing = {"mean_confidence", "accuracy", "n"} - set(table.columns)
+            if missing:
+                raise ValueError(f"table {name!r} lacks the columns {sorted(missing)}")
+            colour = palette[name]
+            ax.plot(table.mean_confidence, table.accuracy, color=colour, marker="o", label=name, zorder=3)
+            sizes = 8 + 120 * table.n / max(float(table.n.max()), 1.0)
+            ax.scatter(table.mean_confidence, table.accuracy, s=sizes, color=colour, alpha=0.3, label="_n")
+        ax.set(
+            xlabel="predicted probability σ(m) (bin mean)",
+            ylabel="observed frequency the response wins",
+            xlim=(0, 1),
+            ylim=(0, 1),
+            aspect="equal",
+        )
+        if len(named) > 1:
+            ax.legend(loc="upper left", fontsize="small")
+        return _finish(fig)

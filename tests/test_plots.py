@@ -1,0 +1,304 @@
+"""The book's figures: labelled axes, the expected series, and data equal to the package's numbers."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from matplotlib.container import BarContainer, ErrorbarContainer
+from matplotlib.figure import Figure
+
+from capo_tutorial import metrics, plots
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    plt.close("all")
+
+
+def data_lines(ax):
+    """The lines that carry data (helper lines and legend proxies have labels starting with '_')."""
+    return [line for line in ax.lines if not line.get_label().startswith("_")]
+
+
+def line_by_label(ax, label):
+    matches = [line for line in ax.lines if line.get_label() == label]
+    assert len(matches) == 1, (
+        f"expected one line labelled {label!r}, got {[other.get_label() for other in ax.lines]}"
+    )
+    return matches[0]
+
+
+def sigmoid(x):
+    return 1 / (1 + np.exp(-np.asarray(x, dtype=float)))
+
+
+# --- loss and gradient against the margin ----------------------------------------------------------
+
+
+def test_default_losses_cover_every_pairwise_loss_in_the_package():
+    from capo_tutorial.losses import LOSSES
+
+    drawn = {name for name, _, _ in plots.DEFAULT_LOSSES}
+    assert drawn == set(LOSSES) - {"sft"}, "sft is a warm-up loss on the chosen response, not pairwise"
+
+
+def test_loss_curves_match_closed_forms():
+    margins = torch.linspace(-5, 5, 21)
+    frame = plots.loss_curves(
+        [("dpo", {}), ("ipo", {}), ("simpo", {"target_margin": 0.5}), ("hinge", {})], margins, beta=1.0
+    )
+    assert list(frame.columns) == ["label", "name", "margin", "loss", "gradient", "weight"]
+    m = margins.numpy()
+    by = {label: rows for label, rows in frame.groupby("label", sort=False)}
+    np.testing.assert_allclose(by["dpo"].loss, -np.log(sigmoid(m)), rtol=1e-5)
+    np.testing.assert_allclose(by["dpo"].gradient, -sigmoid(-m), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(by["ipo"].loss, (m - 0.5) ** 2, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(by["ipo"].gradient, 2 * (m - 0.5), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(by["simpo (target_margin=0.5)"].loss, -np.log(sigmoid(m - 0.5)), rtol=1e-5)
+    np.testing.assert_allclose(by["hinge"].loss, np.maximum(0, 1 - m), atol=1e-6)
+
+
+def test_ipo_in_margin_units_scales_with_one_over_beta_squared():
+    margins = torch.tensor([-1.0, 0.0, 2.0])
+    frame = plots.loss_curves([("ipo", {})], margins, beta=0.1)
+    np.testing.assert_allclose(frame.loss, (margins.numpy() - 0.5) ** 2 / 0.01, rtol=1e-4)
+
+
+def test_loss_curves_reject_a_malformed_spec():
+    with pytest.raises(ValueError, match="name, params"):
+        plots.loss_curves([("dpo",)])
+
+
+def test_plot_loss_and_gradient_draws_every_loss_with_the_package_gradient():
+    fig = plots.plot_loss_and_gradient()
+    assert isinstance(fig, Figure)
+    loss_ax, grad_ax = fig.axes[:2]
+    labels = [label for _, _, label in plots.DEFAULT_LOSSES]
+    assert [line.get_label() for line in data_lines(loss_ax)] == labels
+    assert [line.get_label() for line in data_lines(grad_ax)] == labels
+    assert loss_ax.get_xlabel() == "margin m = r_w − r_l (nats)"
+    assert "nats" in loss_ax.get_ylabel()
+    assert grad_ax.get_ylabel().startswith("gradient dℓ/dm")
+
+    dpo = line_by_label(grad_ax, "dpo")
+    np.testing.assert_allclose(dpo.get_ydata(), -sigmoid(-dpo.get_xdata()), rtol=1e-5, atol=1e-7)
+    capo = line_by_label(grad_ax, "capo (γ=1, τ=1)")
+    m = capo.get_xdata()
+    # The generalized cross-entropy identity: CAPO (sigmoid, tau 1, unnormalised) has
+    # dl/dm = -sigmoid(m)**gamma * sigmoid(-m).
+    np.testing.assert_allclose(capo.get_ydata(), -sigmoid(m) * sigmoid(-m), rtol=1e-4, atol=1e-7)
+    legend = [text.get_text() for text in grad_ax.get_legend().get_texts()]
+    assert legend == labels
+
+
+# --- CAPO weights --------------------------------------------------------------------------------
+
+
+def test_plot_weight_vs_margin_has_a_panel_per_source_and_a_line_per_gamma():
+    gammas = [0.0, 1.0, 2.0]
+    sources = ["sigmoid", "batch", "reference", "policy"]
+    fig = plots.plot_weight_vs_margin(
+        gammas, sources, tau={"sigmoid": 1.0, "batch": 1.0, "reference": 0.5, "policy": 2.0}
+    )
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(panels) == len(sources)
+    for ax in panels:
+        assert [line.get_label() for line in data_lines(ax)] == ["γ = 0", "γ = 1", "γ = 2"]
+        assert "weight" in ax.get_ylabel()
+        np.testing.assert_allclose(line_by_label(ax, "γ = 0").get_ydata(), 1.0)
+    sigmoid_ax, batch_ax, reference_ax, policy_ax = panels
+    assert sigmoid_ax.get_xlabel() == "implicit margin m (nats)"
+    assert "nats/token" in reference_ax.get_xlabel() and "nats/token" in policy_ax.get_xlabel()
+    line = line_by_label(reference_ax, "γ = 2")
+    np.testing.assert_allclose(line.get_ydata(), sigmoid(line.get_xdata() / 0.5) ** 2, rtol=1e-4, atol=1e-7)
+    line = line_by_label(policy_ax, "γ = 1")
+    np.testing.assert_allclose(line.get_ydata(), sigmoid(line.get_xdata() / 2.0), rtol=1e-4, atol=1e-7)
+    line = line_by_label(batch_ax, "γ = 1")  # x is already standardised over the batch
+    np.testing.assert_allclose(line.get_ydata(), sigmoid(line.get_xdata()), rtol=1e-4, atol=1e-6)
+
+
+def test_plot_weight_vs_margin_hides_unused_panels_and_rejects_callables():
+    fig = plots.plot_weight_vs_margin([1.0], ["sigmoid", "batch", "reference"])
+    assert sum(ax.get_visible() for ax in fig.axes) == 3
+    with pytest.raises(ValueError, match="built-in sources"):
+        plots.plot_weight_vs_margin([1.0], ["nonsense"])
+
+
+# --- chapter 1 figures ---------------------------------------------------------------------------
+
+
+def test_plot_beta_effect_push_is_beta_sigmoid():
+    betas = [0.1, 1.0]
+    fig = plots.plot_beta_effect(betas)
+    loss_ax, push_ax = fig.axes
+    assert push_ax.get_yscale() == "log"
+    assert "nats" in loss_ax.get_xlabel() and "nats" in loss_ax.get_ylabel()
+    for beta in betas:
+        push = line_by_label(push_ax, f"β = {beta:g}")
+        delta = push.get_xdata()
+        np.testing.assert_allclose(push.get_ydata(), beta * sigmoid(-beta * delta), rtol=1e-4, atol=1e-9)
+        loss = line_by_label(loss_ax, f"β = {beta:g}")
+        np.testing.assert_allclose(loss.get_ydata(), -np.log(sigmoid(beta * delta)), rtol=1e-4, atol=1e-9)
+
+
+def test_plot_tilted_policy_bars_are_the_closed_form_optimum():
+    rewards, reference = [2.0, 0.0, -1.0], [0.2, 0.5, 0.3]
+    fig = plots.plot_tilted_policy(rewards, reference, betas=[0.5, 2.0])
+    ax = fig.axes[0]
+    assert ax.get_ylabel() == "probability π(y | x)"
+    assert "nats" in ax.get_xlabel()
+    heights = [[bar.get_height() for bar in container] for container in ax.containers]
+    assert len(heights) == 3
+    np.testing.assert_allclose(heights[0], reference, rtol=1e-6)
+    for beta, bars in zip([0.5, 2.0], heights[1:]):
+        expected = np.array(reference) * np.exp(np.array(rewards) / beta)
+        np.testing.assert_allclose(bars, expected / expected.sum(), rtol=1e-6)
+
+
+def test_plot_tilted_policy_validates_its_inputs():
+    with pytest.raises(ValueError, match="one entry per response"):
+        plots.plot_tilted_policy([1.0, 2.0], [0.5])
+    with pytest.raises(ValueError, match="> 0"):
+        plots.plot_tilted_policy([1.0, 2.0], [1.0, 0.0])
+
+
+# --- experiment figures ---------------------------------------------------------------------------
+
+
+def noise_results():
+    rows = []
+    for method, slope in [("dpo", 0.8), ("capo reference", 0.3)]:
+        for noise in [0.0, 0.2, 0.4]:
+            for seed in range(3):
+                rows.append(
+                    {
+                        "method": method,
+                        "noise": noise,
+                        "seed": seed,
+                        "accuracy": 0.95 - slope * noise + 0.01 * seed,
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def test_plot_accuracy_vs_noise_draws_mean_and_spread_per_method():
+    results = noise_results()
+    fig = plots.plot_accuracy_vs_noise(results, baselines={"reference alone": 0.86})
+    ax = fig.axes[0]
+    containers = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    assert [c.get_label() for c in containers] == ["dpo", "capo reference"]
+    means = results.groupby(["method", "noise"]).accuracy.mean()
+    for container in containers:
+        data_line = container.lines[0]
+        np.testing.assert_allclose(data_line.get_ydata(), means[container.get_label()].to_numpy())
+    assert line_by_label(ax, "reference alone").get_ydata()[0] == pytest.approx(0.86)
+    assert ax.get_xlabel() == "training labels flipped (%)"
+    assert "reward accuracy" in ax.get_ylabel()
+    assert ax.xaxis.get_major_formatter()(0.2, 0) == "20%"
+
+
+def test_plot_accuracy_vs_noise_names_missing_columns():
+    with pytest.raises(ValueError, match="accuracy"):
+        plots.plot_accuracy_vs_noise(noise_results().drop(columns="accuracy"))
+
+
+def trl_history():
+    rows = []
+    for method in ["dpo", "capo"]:
+        for step in range(0, 50, 10):
+            rows.append(
+                {
+                    "method": method,
+                    "step": step,
+                    "loss": 0.69 - step / 100 - (0.1 if method == "capo" else 0.0),
+                    "rewards/accuracies": step / 50,
+                    "rewards/margins": step / 10,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def test_plot_training_curves_uses_trl_metric_names_and_units():
+    history = trl_history()
+    fig = plots.plot_training_curves(history, hue="method")
+    assert len(fig.axes) == 3
+    assert [ax.get_ylabel() for ax in fig.axes] == [
+        "loss (nats)",
+        "reward accuracy (fraction)",
+        "reward margin (nats)",
+    ]
+    assert all(ax.get_xlabel() == "optimizer step" for ax in fig.axes)
+    loss_ax = fig.axes[0]
+    drawn = [tuple(np.round(line.get_ydata(), 6)) for line in loss_ax.lines]
+    for method, rows in history.groupby("method"):
+        assert tuple(np.round(rows.loss.to_numpy(), 6)) in drawn, f"{method}'s loss curve is not drawn"
+    legend = [text.get_text() for text in fig.axes[-1].get_legend().get_texts()]
+    assert "dpo" in legend and "capo" in legend
+
+
+def test_plot_training_curves_custom_metric_label_and_missing_column():
+    history = trl_history().rename(columns={"rewards/margins": "flipped weight"})
+    fig = plots.plot_training_curves(
+        history, ["flipped weight"], labels={"flipped weight": "weight (mean 1)"}
+    )
+    assert fig.axes[0].get_ylabel() == "weight (mean 1)"
+    with pytest.raises(ValueError, match="rewards/margins"):
+        plots.plot_training_curves(history)
+
+
+def test_plot_per_language_bars_follow_the_summary_table():
+    rng = np.random.default_rng(0)
+    languages = rng.choice(["de", "hi", "ja"], 300)
+    chosen, rejected = rng.normal(1, 1, 300), rng.normal(0, 1, 300)
+    dpo = metrics.per_language_summary(languages, chosen, rejected)
+    capo = metrics.per_language_summary(languages, chosen + 0.5, rejected)
+    fig = plots.plot_per_language({"dpo": dpo, "capo": capo})
+    ax = fig.axes[0]
+    assert [tick.get_text() for tick in ax.get_xticklabels()] == ["de", "hi", "ja", "all"]
+    bars = [container for container in ax.containers if isinstance(container, BarContainer)]
+    assert [container.get_label() for container in bars] == ["dpo", "capo"]
+    for container, table in zip(bars, [dpo, capo]):
+        heights = [bar.get_height() for bar in container.patches]
+        np.testing.assert_allclose(heights, table.loc[["de", "hi", "ja", "all"], "accuracy"])
+    assert "reward accuracy" in ax.get_ylabel() and ax.get_xlabel() == "language"
+
+
+def test_plot_reliability_plots_the_calibration_table():
+    margins = np.random.default_rng(1).normal(1.0, 2.0, 500)
+    table = metrics.calibration_table(margins)
+    fig = plots.plot_reliability({"dpo": table})
+    ax = fig.axes[0]
+    line = line_by_label(ax, "dpo")
+    np.testing.assert_allclose(line.get_xdata(), table.mean_confidence)
+    np.testing.assert_allclose(line.get_ydata(), table.accuracy)
+    assert "probability" in ax.get_xlabel() and "frequency" in ax.get_ylabel()
+
+
+# --- style and colours -----------------------------------------------------------------------------
+
+
+def test_method_palette_keeps_baseline_colours_fixed_and_all_colours_distinct():
+    first = plots.method_palette(["dpo", "capo sigmoid", "capo reference"])
+    second = plots.method_palette(["rdpo (ε=0.1)", "capo (γ=1)", "dpo", "cdpo"])
+    assert first["dpo"] == second["dpo"]
+    for palette in (first, second):
+        assert len(set(palette.values())) == len(palette)
+
+
+def test_single_panel_functions_draw_into_a_given_axes():
+    fig, ax = plt.subplots()
+    returned = plots.plot_accuracy_vs_noise(noise_results(), ax=ax)
+    assert returned is fig
+
+
+def test_house_style_restores_the_settings_it_changes():
+    before = {key: matplotlib.rcParams[key] for key in ("axes.spines.top", "legend.frameon", "backend")}
+    plots.plot_loss_and_gradient([("dpo", {})])
+    after = {key: matplotlib.rcParams[key] for key in before}
+    assert after == before
