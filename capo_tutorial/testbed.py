@@ -4,13 +4,14 @@ Every pair is generated, deterministically, from language data that installed pa
 number words from ``num2words``, and month names, weekday names and long date formats from the
 Unicode CLDR tables that ``babel`` carries. A prompt in the target language asks for something with
 one right answer; ``chosen`` is that answer and ``rejected`` a wrong one, either a near miss
-(``margin_class="low"``: 41 vs 42, Tuesday vs Wednesday) or clearly wrong (``"high"``). Because the
+(``margin_class="low"``: 41 vs 42, March vs April) or clearly wrong (``"high"``). Because the
 truth is known, label noise can be injected on the train split and measured exactly; the validation
 and test splits stay clean, and no prompt appears in two splits.
 
-The tasks are compositional so that a tiny model can generalise from train prompts to unseen test
-prompts: number words are built from shared parts (units, tens, hundreds), a date is a day, a month
-name and a year, and the month/weekday questions reuse the same names in different questions.
+The default tasks are compositional so that a tiny model can generalise from train prompts to
+unseen test prompts: number words are built from shared parts (units, tens, hundreds), a long date
+is a day, a month name and a year, and a date's month name follows from its MM digits (see
+TASK_WEIGHTS for the optional weekday task, which is not).
 
 Columns of every split (``COLUMNS``)::
 
@@ -116,13 +117,17 @@ RESOURCE_TIERS: dict[str, int] = {
     "bn": 3, "te": 3, "am": 3,
 }  # fmt: skip
 
-# Number words dominate; the other families reuse CLDR names in compositional ways.
+# Number words dominate. Every default family is compositional, so a test prompt is answerable
+# from what the train prompts teach: number words from their parts, a long date from its day, month
+# name and year, a date's month from its MM digits. "weekday_name" ("if today is Monday, what day is
+# tomorrow?") is a closed set of 14 facts per language: holding some out of train leaves nothing to
+# generalise from, and a tiny SFT'd model scored below chance on it, so it is off by default.
 TASK_WEIGHTS: dict[str, float] = {
-    "number_words": 0.55,
+    "number_words": 0.60,
     "number_digits": 0.15,
-    "date_long": 0.10,
+    "date_long": 0.15,
     "month_name": 0.10,
-    "weekday_name": 0.10,
+    "weekday_name": 0.0,
 }
 
 SOURCES: tuple[dict[str, str], ...] = (
@@ -159,8 +164,7 @@ _TEMPLATES: dict[str, dict[str, str]] = {
     "en": {
         "number_words": "Write the number {n} in words.",
         "number_digits": "Write “{words}” in digits.",
-        "month_next": "If this month is {month}, which month comes next?",
-        "month_ordinal": "What is month number {k} of the year called?",
+        "month_name": "In which month is the date {date}?",
         "weekday_tomorrow": "If today is {day}, what day is tomorrow?",
         "weekday_yesterday": "If today is {day}, what day was yesterday?",
         "date_long": "Write the date {date} in long form.",
@@ -168,8 +172,7 @@ _TEMPLATES: dict[str, dict[str, str]] = {
     "es": {
         "number_words": "Escribe el número {n} en palabras.",
         "number_digits": "Escribe «{words}» en cifras.",
-        "month_next": "Si este mes es {month}, ¿cuál es el mes siguiente?",
-        "month_ordinal": "¿Cómo se llama el mes número {k} del año?",
+        "month_name": "¿En qué mes cae la fecha {date}?",
         "weekday_tomorrow": "Si hoy es {day}, ¿qué día es mañana?",
         "weekday_yesterday": "Si hoy es {day}, ¿qué día fue ayer?",
         "date_long": "Escribe la fecha {date} en formato largo.",
@@ -177,8 +180,7 @@ _TEMPLATES: dict[str, dict[str, str]] = {
     "de": {
         "number_words": "Schreibe die Zahl {n} in Worten.",
         "number_digits": "Schreibe „{words}“ in Ziffern.",
-        "month_next": "Wenn dieser Monat {month} ist, welcher Monat kommt als Nächstes?",
-        "month_ordinal": "Wie heißt der {k}. Monat des Jahres?",
+        "month_name": "In welchem Monat liegt das Datum {date}?",
         "weekday_tomorrow": "Wenn heute {day} ist, welcher Tag ist morgen?",
         "weekday_yesterday": "Wenn heute {day} ist, welcher Tag war gestern?",
         "date_long": "Schreibe das Datum {date} in Langform.",
@@ -186,8 +188,7 @@ _TEMPLATES: dict[str, dict[str, str]] = {
     "fr": {
         "number_words": "Écris le nombre {n} en toutes lettres.",
         "number_digits": "Écris « {words} » en chiffres.",
-        "month_next": "Si ce mois-ci est {month}, quel est le mois suivant ?",
-        "month_ordinal": "Comment s’appelle le mois numéro {k} de l’année ?",
+        "month_name": "En quel mois tombe la date {date} ?",
         "weekday_tomorrow": "Si aujourd’hui c’est {day}, quel jour serons-nous demain ?",
         "weekday_yesterday": "Si aujourd’hui c’est {day}, quel jour étions-nous hier ?",
         "date_long": "Écris la date {date} au format long.",
@@ -195,8 +196,7 @@ _TEMPLATES: dict[str, dict[str, str]] = {
     "tr": {
         "number_words": "{n} sayısını yazıyla yaz.",
         "number_digits": "“{words}” sayısını rakamla yaz.",
-        "month_next": "Bu ay {month} ise, sonraki ay hangisidir?",
-        "month_ordinal": "Yılın {k}. ayının adı nedir?",
+        "month_name": "{date} tarihi hangi aydadır?",
         "weekday_tomorrow": "Bugün {day} ise, yarın hangi gün?",
         "weekday_yesterday": "Bugün {day} ise, dün hangi gündü?",
         "date_long": "{date} tarihini uzun biçimde yaz.",
@@ -204,8 +204,7 @@ _TEMPLATES: dict[str, dict[str, str]] = {
     "vi": {
         "number_words": "Viết số {n} bằng chữ.",
         "number_digits": "Viết “{words}” bằng chữ số.",
-        "month_next": "Nếu tháng này là {month}, tháng sau là tháng nào?",
-        "month_ordinal": "Tháng thứ {k} trong năm tên là gì?",
+        "month_name": "Ngày {date} thuộc tháng nào?",
         "weekday_tomorrow": "Nếu hôm nay là {day}, ngày mai là thứ mấy?",
         "weekday_yesterday": "Nếu hôm nay là {day}, hôm qua là thứ mấy?",
         "date_long": "Viết ngày {date} ở dạng đầy đủ.",
@@ -213,8 +212,7 @@ _TEMPLATES: dict[str, dict[str, str]] = {
     "id": {
         "number_words": "Tuliskan angka {n} dengan kata-kata.",
         "number_digits": "Tuliskan “{words}” dengan angka.",
-        "month_next": "Jika bulan ini {month}, bulan berikutnya apa?",
-        "month_ordinal": "Apa nama bulan ke-{k} dalam setahun?",
+        "month_name": "Tanggal {date} jatuh pada bulan apa?",
         "weekday_tomorrow": "Jika hari ini {day}, besok hari apa?",
         "weekday_yesterday": "Jika hari ini {day}, kemarin hari apa?",
         "date_long": "Tuliskan tanggal {date} dalam format panjang.",
@@ -222,8 +220,7 @@ _TEMPLATES: dict[str, dict[str, str]] = {
     "ru": {
         "number_words": "Напишите число {n} словами.",
         "number_digits": "Напишите «{words}» цифрами.",
-        "month_next": "Если сейчас {month}, какой месяц будет следующим?",
-        "month_ordinal": "Как называется {k}-й месяц года?",
+        "month_name": "На какой месяц приходится дата {date}?",
         "weekday_tomorrow": "Если сегодня {day}, какой день будет завтра?",
         "weekday_yesterday": "Если сегодня {day}, какой день был вчера?",
         "date_long": "Напишите дату {date} полностью.",
@@ -231,8 +228,7 @@ _TEMPLATES: dict[str, dict[str, str]] = {
     "uk": {
         "number_words": "Напишіть число {n} словами.",
         "number_digits": "Напишіть «{words}» цифрами.",
-        "month_next": "Якщо зараз {month}, який місяць буде наступним?",
-        "month_ordinal": "Як називається {k}-й місяць року?",
+        "month_name": "На який місяць припадає дата {date}?",
         "weekday_tomorrow": "Якщо сьогодні {day}, який день буде завтра?",
         "weekday_yesterday": "Якщо сьогодні {day}, який день був учора?",
         "date_long": "Напишіть дату {date} повністю.",
@@ -240,8 +236,7 @@ _TEMPLATES: dict[str, dict[str, str]] = {
     "ar": {
         "number_words": "اكتب العدد {n} بالحروف.",
         "number_digits": "اكتب «{words}» بالأرقام.",
-        "month_next": "إذا كان هذا الشهر {month}، فما الشهر التالي؟",
-        "month_ordinal": "ما اسم الشهر رقم {k} في السنة؟",
+        "month_name": "في أي شهر يقع التاريخ {date}؟",
         "weekday_tomorrow": "إذا كان اليوم {day}، فما اليوم التالي؟",
         "weekday_yesterday": "إذا كان اليوم {day}، فما اليوم السابق؟",
         "date_long": "اكتب التاريخ {date} بالصيغة الطويلة.",
@@ -249,8 +244,7 @@ _TEMPLATES: dict[str, dict[str, str]] = {
     "fa": {
         "number_words": "عدد {n} را با حروف بنویسید.",
         "number_digits": "«{words}» را با رقم بنویسید.",
-        "month_next": "اگر این ماه {month} باشد، ماه بعد چه ماهی است؟",
-        "month_ordinal": "نام ماه شماره {k} سال چیست؟",
+        "month_name": "تاریخ {date} در کدام ماه است؟",
         "weekday_tomorrow": "اگر امروز {day} باشد، فردا چه روزی است؟",
         "weekday_yesterday": "اگر امروز {day} باشد، دیروز چه روزی بود؟",
         "date_long": "تاریخ {date} را به شکل کامل بنویسید.",
@@ -258,8 +252,7 @@ _TEMPLATES: dict[str, dict[str, str]] = {
     "he": {
         "number_words": "כתבו את המספר {n} במילים.",
         "number_digits": "כתבו את „{words}” בספרות.",
-        "month_next": "אם החודש הוא {month}, מהו החודש הבא?",
-        "month_ordinal": "מה שמו של החודש ה-{k} בשנה?",
+        "month_name": "באיזה חודש חל התאריך {date}?",
         "weekday_tomorrow": "אם היום {day}, איזה יום יהיה מחר?",
         "weekday_yesterday": "אם היום {day}, איזה יום היה אתמול?",
         "date_long": "כתבו את התאריך {date} במלואו.",
@@ -267,8 +260,7 @@ _TEMPLATES: dict[str, dict[str, str]] = {
     "th": {
         "number_words": "จงเขียนจำนวน {n} เป็นตัวหนังสือ",
         "number_digits": "จงเขียน “{words}” เป็นตัวเลข",
-        "month_next": "ถ้าเดือนนี้คือเดือน{month} เดือนหน้าคือเดือนอะไร",
-        "month_ordinal": "เดือนที่ {k} ของปีชื่อว่าอะไร",
+        "month_name": "วันที่ {date} อยู่ในเดือนอะไร",
         "weekday_tomorrow": "ถ้าวันนี้คือ{day} พรุ่งนี้คือวันอะไร",
         "weekday_yesterday": "ถ้าวันนี้คือ{day} เมื่อวานคือวันอะไร",
         "date_long": "จงเขียนวันที่ {date} แบบเต็ม",
@@ -276,8 +268,7 @@ _TEMPLATES: dict[str, dict[str, str]] = {
     "ja": {
         "number_words": "{n}を漢数字で書いてください。",
         "number_digits": "「{words}」を算用数字で書いてください。",
-        "month_next": "今月が{month}なら、来月は何月ですか。",
-        "month_ordinal": "一年の{k}番目の月は何ですか。",
+        "month_name": "{date}は何月ですか。",
         "weekday_tomorrow": "今日が{day}なら、明日は何曜日ですか。",
         "weekday_yesterday": "今日が{day}なら、昨日は何曜日でしたか。",
         "date_long": "{date}を長い形式の日付で書いてください。",
@@ -285,8 +276,7 @@ _TEMPLATES: dict[str, dict[str, str]] = {
     "ko": {
         "number_words": "숫자 {n}을(를) 한글로 쓰세요.",
         "number_digits": "“{words}”을(를) 숫자로 쓰세요.",
-        "month_next": "이번 달이 {month}이면 다음 달은 몇 월입니까?",
-        "month_ordinal": "일 년의 {k}번째 달은 무엇입니까?",
+        "month_name": "{date}은(는) 몇 월입니까?",
         "weekday_tomorrow": "오늘이 {day}이면 내일은 무슨 요일입니까?",
         "weekday_yesterday": "오늘이 {day}이면 어제는 무슨 요일이었습니까?",
         "date_long": "{date} 날짜를 긴 형식으로 쓰세요.",
@@ -294,8 +284,7 @@ _TEMPLATES: dict[str, dict[str, str]] = {
     "bn": {
         "number_words": "{n} সংখ্যাটি কথায় লিখুন।",
         "number_digits": "“{words}” অঙ্কে লিখুন।",
-        "month_next": "এই মাস যদি {month} হয়, তাহলে পরের মাস কোনটি?",
-        "month_ordinal": "বছরের {k} নম্বর মাসের নাম কী?",
+        "month_name": "{date} তারিখটি কোন মাসে পড়ে?",
         "weekday_tomorrow": "আজ যদি {day} হয়, তাহলে আগামীকাল কী বার?",
         "weekday_yesterday": "আজ যদি {day} হয়, তাহলে গতকাল কী বার ছিল?",
         "date_long": "{date} তারিখটি পূর্ণ রূপে লিখুন।",
@@ -303,8 +292,7 @@ _TEMPLATES: dict[str, dict[str, str]] = {
     "te": {
         "number_words": "{n} సంఖ్యను అక్షరాలలో రాయండి.",
         "number_digits": "“{words}”ను అంకెల్లో రాయండి.",
-        "month_next": "ఈ నెల {month} అయితే, తర్వాతి నెల ఏది?",
-        "month_ordinal": "సంవత్సరంలో {k}వ నెల పేరు ఏమిటి?",
+        "month_name": "{date} తేదీ ఏ నెలలో వస్తుంది?",
         "weekday_tomorrow": "ఈ రోజు {day} అయితే, రేపు ఏ రోజు?",
         "weekday_yesterday": "ఈ రోజు {day} అయితే, నిన్న ఏ రోజు?",
         "date_long": "{date} తేదీని పూర్తి రూపంలో రాయండి.",
@@ -312,8 +300,7 @@ _TEMPLATES: dict[str, dict[str, str]] = {
     "am": {
         "number_words": "ቁጥር {n}ን በቃላት ይጻፉ።",
         "number_digits": "“{words}”ን በአሃዝ ይጻፉ።",
-        "month_next": "ይህ ወር {month} ከሆነ፣ ቀጣዩ ወር የትኛው ነው?",
-        "month_ordinal": "የዓመቱ {k}ኛ ወር ስሙ ምንድን ነው?",
+        "month_name": "{date} ቀን በየትኛው ወር ውስጥ ነው?",
         "weekday_tomorrow": "ዛሬ {day} ከሆነ፣ ነገ ምን ቀን ነው?",
         "weekday_yesterday": "ዛሬ {day} ከሆነ፣ ትናንት ምን ቀን ነበር?",
         "date_long": "ቀኑን {date} ሙሉ በሙሉ ይጻፉ።",
@@ -417,15 +404,6 @@ def _cyclic(values: Sequence[int], modulus: int, offset: int = 0) -> list[int]:
     return [(v - offset) % modulus + offset for v in values]
 
 
-def _month_universe(cfg: _Config, rng: random.Random, need: int) -> list[tuple[str, int]]:
-    return [(kind, k) for kind in ("month_next", "month_ordinal") for k in range(1, 13)]
-
-
-def _month_prompt(language: str, key: tuple[str, int]) -> str:
-    kind, k = key
-    return _TEMPLATES[language][kind].format(month=_month_names(language)[k - 1], k=k)
-
-
 def _weekday_universe(cfg: _Config, rng: random.Random, need: int) -> list[tuple[str, int]]:
     return [(kind, d) for kind in ("weekday_tomorrow", "weekday_yesterday") for d in range(7)]
 
@@ -435,13 +413,8 @@ def _weekday_prompt(language: str, key: tuple[str, int]) -> str:
     return _TEMPLATES[language][kind].format(day=_day_names(language)[d])
 
 
-# The step a question asks for: "next month" / "tomorrow" +1, "yesterday" -1, "month number k" none.
-_STEPS: dict[str, int] = {"month_next": 1, "weekday_tomorrow": 1, "weekday_yesterday": -1}
-
-
-def _month_truth(key: tuple[str, int]) -> int:
-    kind, k = key
-    return k % 12 + 1 if kind == "month_next" else k
+# The step a weekday question asks for: "tomorrow" +1, "yesterday" -1.
+_STEPS: dict[str, int] = {"weekday_tomorrow": 1, "weekday_yesterday": -1}
 
 
 def _weekday_truth(key: tuple[str, int]) -> int:
@@ -450,14 +423,13 @@ def _weekday_truth(key: tuple[str, int]) -> int:
 
 
 def _near_steps(key: tuple[str, int], answer: int) -> list[int]:
-    """Near misses of a name question: one step too far, or a step the wrong way.
+    """Near misses of a weekday question: one step too far, or a step the wrong way.
 
-    Never the prompt's own month or day: a model that merely copies the prompt would otherwise be
-    pushed below chance on clean pairs, and a reference model's likelihood would call such clean
-    pairs flipped.
+    Never the prompt's own day: a model that merely copies the prompt would otherwise be pushed
+    below chance on clean pairs, and a reference model's likelihood would call them flipped.
     """
-    step = _STEPS.get(key[0])
-    return [answer - 1, answer + 1] if step is None else [answer + step, answer - 2 * step]
+    step = _STEPS[key[0]]
+    return [answer + step, answer - 2 * step]
 
 
 def _date_universe(cfg: _Config, rng: random.Random, need: int) -> list[int]:
@@ -530,13 +502,13 @@ _TASKS: dict[str, _Task] = {
     ),
     "month_name": _Task(
         name="month_name",
-        pool="month",
-        universe=_month_universe,
-        prompt=_month_prompt,
-        truth=_month_truth,
+        pool="date",  # a test date is never a train date, in either date task
+        universe=_date_universe,
+        prompt=lambda lang, o: _TEMPLATES[lang]["month_name"].format(date=_date_parts(o).isoformat()),
+        truth=lambda o: _date_parts(o).month,
         render=lambda lang, k: _month_names(lang)[k - 1],
-        near=lambda key, cfg, rng: rng.sample(_cyclic(_near_steps(key, _month_truth(key)), 12, 1), 2),
-        far=lambda key, cfg, rng: rng.sample(_cyclic([_month_truth(key) + d for d in (5, 6, 7)], 12, 1), 3),
+        near=lambda o, cfg, rng: rng.sample(_cyclic([_date_parts(o).month + d for d in (-1, 1)], 12, 1), 2),
+        far=lambda o, cfg, rng: rng.sample(_cyclic([_date_parts(o).month + d for d in (5, 6, 7)], 12, 1), 3),
     ),
     "weekday_name": _Task(
         name="weekday_name",
@@ -753,6 +725,14 @@ def _inject_noise(rows: list[dict[str, Any]], rate: float, systematic: bool, rng
 # ----------------------------------------------------------------------------------------------
 
 
+def _task_weights(tasks: Mapping[str, float] | None) -> dict[str, float]:
+    weights = dict(TASK_WEIGHTS if tasks is None else tasks)
+    unknown = sorted(set(weights) - set(_TASKS))
+    if unknown or any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
+        raise ValueError(f"tasks={weights}: give non-negative weights over {list(_TASKS)}, not all zero")
+    return {name: weights.get(name, 0.0) for name in _TASKS}
+
+
 def _check_languages(languages: Sequence[str] | None) -> tuple[str, ...]:
     languages = tuple(DEFAULT_LANGUAGES if languages is None else languages)
     unknown = [lang for lang in languages if lang not in _TEMPLATES]
@@ -773,6 +753,7 @@ def make_testbed(
     systematic_digits: Sequence[int] = (7,),
     max_number: int = 999,
     low_margin_fraction: float = 0.5,
+    tasks: Mapping[str, float] | None = None,
 ) -> datasets.DatasetDict:
     """Generate the testbed: a DatasetDict with splits "train", "validation" and "test".
 
@@ -796,6 +777,8 @@ def make_testbed(
         systematic_digits: the last digits the systematic rule applies to.
         max_number: numbers are drawn from 0..max_number.
         low_margin_fraction: share of near-miss pairs (candidates are always near misses).
+        tasks: ``{task: weight}`` over the families of ``TASK_WEIGHTS`` (default), e.g.
+            ``{"number_words": 1.0}`` for number words only, or adding ``"weekday_name"``.
 
     Returns:
         DatasetDict of ``COLUMNS``; validation and test are clean (``flipped`` all False), and no
@@ -811,12 +794,13 @@ def make_testbed(
     if unknown_systematic:
         raise ValueError(f"systematic names languages not in the testbed: {unknown_systematic}")
     rates = _noise_rates(noise, languages)
+    weights = _task_weights(tasks)
     cfg = _Config(max_number, low_margin_fraction, frozenset(int(d) for d in systematic_digits))
 
     per_language = {s: _allocate(n, dict.fromkeys(languages, 1.0)) for s, n in sizes.items()}
     splits: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
     for language in languages:
-        counts = {s: _allocate(per_language[s][language], TASK_WEIGHTS) for s in SPLITS}
+        counts = {s: _allocate(per_language[s][language], weights) for s in SPLITS}
         rows = _language_rows(language, counts, cfg, seed)
         noise_rng = _rng(seed, "noise", language)
         _inject_noise(rows["train"], rates[language], language in systematic, noise_rng)
@@ -869,7 +853,7 @@ def testbed_card(testbed: datasets.DatasetDict, **arguments: Any) -> dict[str, A
         "columns": list(COLUMNS),
         "languages": per_language,
         "scripts": sorted({script_of(lang) for lang in languages}),
-        "tasks": dict(TASK_WEIGHTS),
+        "tasks": dict(arguments.get("tasks") or TASK_WEIGHTS),
         "noise_tolerance": "exactly round(rate * n) of a language's n train rows are flipped at random: "
         "|realised - asked| <= 0.5 / n; validation and test are clean",
         "sources": list(SOURCES),

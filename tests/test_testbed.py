@@ -67,10 +67,12 @@ def test_generation_is_fast():
 
 def test_task_mix_number_words_dominate(clean):
     tasks = _frame(clean, "train")["task"].value_counts(normalize=True)
-    assert set(tasks.index) == set(TASK_WEIGHTS)
+    assert set(tasks.index) == {t for t, w in TASK_WEIGHTS.items() if w > 0}
     for task, weight in TASK_WEIGHTS.items():
-        assert tasks[task] == pytest.approx(weight, abs=0.02)
-    assert tasks["number_words"] + tasks["number_digits"] == pytest.approx(0.70, abs=0.02)
+        assert tasks.get(task, 0.0) == pytest.approx(weight, abs=0.02)
+    assert tasks["number_words"] + tasks["number_digits"] == pytest.approx(0.75, abs=0.02)
+    only_weekdays = make_testbed(["en", "fr"], 40, 10, 10, tasks={"weekday_name": 1.0})["train"]
+    assert set(only_weekdays["task"][:]) == {"weekday_name"}
 
 
 def test_no_prompt_is_shared_between_splits(clean):
@@ -111,20 +113,19 @@ def test_english_ground_truth(clean):
             words = re.search(r"“(.+)”", row.prompt).group(1)
             assert num2words(int(row.chosen), lang="en") == words
         elif row.task == "month_name":
-            if "comes next" in row.prompt:
-                current = month_index[re.search(r"month is (\w+),", row.prompt).group(1)]
-                assert month_index[row.chosen] == current % 12 + 1
-            else:
-                assert month_index[row.chosen] == int(re.search(r"\d+", row.prompt).group())
-        elif row.task == "weekday_name":
-            today = day_index[re.search(r"today is (\w+),", row.prompt).group(1)]
-            step = 1 if "tomorrow" in row.prompt else -1
-            assert day_index[row.chosen] == (today + step) % 7
+            day = dt.date.fromisoformat(re.search(r"\d{4}-\d{2}-\d{2}", row.prompt).group())
+            assert month_index[row.chosen] == day.month
+            assert abs(month_index[row.rejected] - day.month) % 11 <= 1 or row.margin_class == "high"
         elif row.task == "date_long":
             day = dt.date.fromisoformat(re.search(r"\d{4}-\d{2}-\d{2}", row.prompt).group())
             assert row.chosen == f"{months[day.month]} {day.day}, {day.year}"
         checked[row.task] += 1
-    assert set(checked) == set(TASK_WEIGHTS)
+    assert set(checked) == {t for t, w in TASK_WEIGHTS.items() if w > 0}
+    weekdays = _frame(make_testbed(["en"], 24, 8, 8, tasks={"weekday_name": 1.0}), "train")
+    for row in weekdays.itertuples():
+        today = day_index[re.search(r"today is (\w+),", row.prompt).group(1)]
+        step = 1 if "tomorrow" in row.prompt else -1
+        assert day_index[row.chosen] == (today + step) % 7
 
 
 def test_margin_classes_mean_near_miss_and_clearly_wrong(clean):
@@ -140,12 +141,11 @@ def test_margin_classes_mean_near_miss_and_clearly_wrong(clean):
     assert 0.45 < share_low < 0.6
 
 
-def test_name_questions_never_offer_the_prompts_own_name_as_the_near_miss(clean):
-    """A copy of the prompt's month/day would be a trap that puts a copying model below chance."""
-    frame = _frame(clean, "train")
-    names = frame[frame.task.isin(["month_name", "weekday_name"]) & (frame.language == "en")]
-    assert len(names) > 10
-    for row in names.itertuples():
+def test_weekday_near_misses_never_copy_the_prompts_own_day():
+    """A copy of the prompt's day would be a trap that puts a copying model below chance."""
+    frame = _frame(make_testbed(["en"], 24, 8, 8, tasks={"weekday_name": 1.0}), "train")
+    assert (frame.margin_class == "low").sum() >= 8
+    for row in frame.itertuples():
         assert row.rejected not in row.prompt
 
 
@@ -278,6 +278,8 @@ def test_command_line_entry_point(tmp_path, capsys):
         ({"noise": "high"}, "'resource'"),
         ({"systematic": ["de"], "languages": ["en"]}, "not in the testbed"),
         ({"n_train": -1}, "non-negative"),
+        ({"tasks": {"poetry": 1.0}}, "non-negative weights over"),
+        ({"tasks": {"number_words": 0.0}}, "not all zero"),
     ],
 )
 def test_bad_arguments(kwargs, message):
