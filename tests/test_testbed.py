@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import re
+import subprocess
+import sys
 import time
 from collections import Counter
 
@@ -245,6 +248,18 @@ def test_write_testbed_is_byte_identical_and_loadable(tmp_path):
     )
     readme = (tmp_path / "a" / "README.md").read_text()
     assert "LGPL-2.1" in readme and "| ar | Arab | 50 | 10 | 10 | 0.200 | 0.200 | 0.000 |" in readme
+
+
+def test_files_are_identical_across_processes(tmp_path):
+    """No dependence on Python's per-process hash seed: a subprocess writes the same bytes."""
+    args = ["--languages", "en,he,ko", "--n-train", "60", "--n-validation", "12", "--n-test", "12"]
+    args += ["--noise", "0.2", "--systematic", "ko", "--seed", "9"]
+    main(["--out", str(tmp_path / "here"), *args])
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}
+    command = [sys.executable, "-m", "capo_tutorial.testbed", "--out", str(tmp_path / "there"), *args]
+    subprocess.run(command, check=True, env=env, capture_output=True)
+    for name in ("train.jsonl", "validation.jsonl", "test.jsonl", "card.json", "README.md"):
+        assert (tmp_path / "here" / name).read_bytes() == (tmp_path / "there" / name).read_bytes(), name
 
 
 def test_rewritten_folder_loads_the_new_rows(tmp_path):
