@@ -157,9 +157,9 @@ SOURCES: tuple[dict[str, str], ...] = (
     },
 )
 
-# Short prompt templates, one set per language. Month and weekday questions are phrased as
-# "if this month is X, what is next month?" so that X stays in the nominative case that CLDR's
-# stand-alone names have (Russian "после марта" would need a genitive CLDR does not give for days).
+# Short prompt templates, one set per language. Weekday questions are phrased as "if today is X,
+# what day is tomorrow?" so that X stays in the nominative case of CLDR's stand-alone names
+# (Russian "после понедельника" would need a genitive that CLDR does not give for days).
 _TEMPLATES: dict[str, dict[str, str]] = {
     "en": {
         "number_words": "Write the number {n} in words.",
