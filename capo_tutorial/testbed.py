@@ -368,36 +368,43 @@ class _Task:
     prompt: Callable[[str, Any], str]
     truth: Callable[[Any], Any]
     render: Callable[[str, Any], str]
-    near: Callable[[Any, _Config, random.Random], list[Any]]  # (key, ...) -> wrong values, a slip away
-    far: Callable[[Any, _Config, random.Random], list[Any]]  # (key, ...) -> clearly wrong values
+    # (key, cfg, rng, pool) -> wrong values a slip away / clearly wrong; pool = the split's keys
+    near: Callable[[Any, _Config, random.Random, Sequence[Any]], list[Any]]
+    far: Callable[[Any, _Config, random.Random, Sequence[Any]], list[Any]]
+    group: Callable[[Any], Any] = lambda key: key  # keys of one group always share a split
 
 
 def _number_universe(cfg: _Config, rng: random.Random, need: int) -> list[int]:
     return list(range(cfg.max_number + 1))
 
 
-def _near_numbers(n: int, cfg: _Config, rng: random.Random) -> list[int]:
-    """Off by one in the units (70% first) or by ten: the answer differs in one word."""
-    units, tens = [n - 1, n + 1], [n - 10, n + 10]
-    rng.shuffle(units)
-    rng.shuffle(tens)
-    ordered = units + tens if rng.random() < 0.7 else tens + units
-    return [m for m in ordered if 0 <= m <= cfg.max_number]
+def _decade(n: int) -> int:
+    """Numbers are split between train/validation/test by decade (40-49 together), so that a near
+    miss (n +- 1, same decade) is as unseen in training as the answer itself. Splitting single
+    numbers would make every test answer a string the model never produced while its neighbours
+    (the distractors) were train answers: a memorising model then prefers the distractor, and a
+    tiny SFT'd model scored below chance on clean test pairs."""
+    return n // 10
 
 
-def _far_numbers(n: int, cfg: _Config, rng: random.Random) -> list[int]:
-    """Numbers with as many digits as n but a different digit in every position: clearly wrong,
-    not a slip, and not given away by length (a 2-digit n gets a 2-digit distractor)."""
-    digits = [int(d) for d in str(n)]
-    out = []
-    for _ in range(8):
-        # Each position draws one of the 9 digits that differ from n's digit there.
-        far = [(d + rng.randint(1, 9)) % 10 for d in digits]
-        m = int("".join(map(str, far)))
-        leading_zero = len(digits) > 1 and far[0] == 0
-        if not leading_zero and m <= cfg.max_number and abs(m - n) >= 3:
-            out.append(m)
-    return out
+def _near_numbers(n: int, cfg: _Config, rng: random.Random, pool: Sequence[int]) -> list[int]:
+    """Off by one in the units, within n's decade: the answer differs in one word."""
+    near = [m for m in (n - 1, n + 1) if m // 10 == n // 10 and 0 <= m <= cfg.max_number]
+    rng.shuffle(near)
+    return near
+
+
+def _far_numbers(n: int, cfg: _Config, rng: random.Random, pool: Sequence[int]) -> list[int]:
+    """Numbers of the same split with as many digits as n but a different digit in every position:
+    clearly wrong, not a slip, and not given away by length or by having been seen in training."""
+    digits = str(n)
+
+    def far(m: int) -> bool:
+        text = str(m)
+        return len(text) == len(digits) and abs(m - n) >= 3 and all(a != b for a, b in zip(text, digits))
+
+    out = [m for m in (rng.choice(pool) for _ in range(24)) if far(m)][:4]
+    return out or [m for m in pool if far(m)][:4]  # short numbers are rare in a pool: look them up
 
 
 def _cyclic(values: Sequence[int], modulus: int, offset: int = 0) -> list[int]:
@@ -441,7 +448,7 @@ def _date_parts(ordinal: int) -> dt.date:
     return _FIRST_DAY + dt.timedelta(days=ordinal)
 
 
-def _near_dates(ordinal: int, cfg: _Config, rng: random.Random) -> list[int]:
+def _near_dates(ordinal: int, cfg: _Config, rng: random.Random, pool: Sequence[int]) -> list[int]:
     """The day before/after, or the same day in the previous/next month: one part of the answer."""
     day = _date_parts(ordinal)
     candidates = [ordinal - 1, ordinal + 1]
@@ -456,7 +463,7 @@ def _near_dates(ordinal: int, cfg: _Config, rng: random.Random) -> list[int]:
     return [c for c in candidates if 0 <= c < _N_DAYS]
 
 
-def _far_dates(ordinal: int, cfg: _Config, rng: random.Random) -> list[int]:
+def _far_dates(ordinal: int, cfg: _Config, rng: random.Random, pool: Sequence[int]) -> list[int]:
     """A different year (5-40 away), month (3-6 away) and day (5+ away): nothing shared."""
     day = _date_parts(ordinal)
     out = []
@@ -479,6 +486,7 @@ _TASKS: dict[str, _Task] = {
         render=_number_words,
         near=_near_numbers,
         far=_far_numbers,
+        group=_decade,
     ),
     "number_digits": _Task(
         name="number_digits",
@@ -489,6 +497,7 @@ _TASKS: dict[str, _Task] = {
         render=lambda lang, n: str(n),
         near=_near_numbers,
         far=_far_numbers,
+        group=_decade,
     ),
     "date_long": _Task(
         name="date_long",
@@ -507,8 +516,12 @@ _TASKS: dict[str, _Task] = {
         prompt=lambda lang, o: _TEMPLATES[lang]["month_name"].format(date=_date_parts(o).isoformat()),
         truth=lambda o: _date_parts(o).month,
         render=lambda lang, k: _month_names(lang)[k - 1],
-        near=lambda o, cfg, rng: rng.sample(_cyclic([_date_parts(o).month + d for d in (-1, 1)], 12, 1), 2),
-        far=lambda o, cfg, rng: rng.sample(_cyclic([_date_parts(o).month + d for d in (5, 6, 7)], 12, 1), 3),
+        near=lambda o, cfg, rng, pool: rng.sample(
+            _cyclic([_date_parts(o).month + d for d in (-1, 1)], 12, 1), 2
+        ),
+        far=lambda o, cfg, rng, pool: rng.sample(
+            _cyclic([_date_parts(o).month + d for d in (5, 6, 7)], 12, 1), 3
+        ),
     ),
     "weekday_name": _Task(
         name="weekday_name",
@@ -517,8 +530,8 @@ _TASKS: dict[str, _Task] = {
         prompt=_weekday_prompt,
         truth=_weekday_truth,
         render=lambda lang, d: _day_names(lang)[d],
-        near=lambda key, cfg, rng: rng.sample(_cyclic(_near_steps(key, _weekday_truth(key)), 7), 2),
-        far=lambda key, cfg, rng: rng.sample(_cyclic([_weekday_truth(key) + d for d in (3, 4)], 7), 2),
+        near=lambda key, cfg, rng, pool: rng.sample(_cyclic(_near_steps(key, _weekday_truth(key)), 7), 2),
+        far=lambda key, cfg, rng, pool: rng.sample(_cyclic([_weekday_truth(key) + d for d in (3, 4)], 7), 2),
     ),
 }
 
@@ -544,25 +557,32 @@ def _allocate(total: int, weights: Mapping[str, float]) -> dict[str, int]:
     return counts
 
 
-def _split_pool(keys: list[Any], needs: Mapping[str, int]) -> dict[str, list[Any]]:
-    """Cut a shuffled key universe into disjoint per-split pools sized like the splits' needs."""
+def _split_pool(
+    keys: list[Any], needs: Mapping[str, int], group: Callable[[Any], Any]
+) -> dict[str, list[Any]]:
+    """Cut a shuffled key universe into disjoint per-split pools sized like the splits' needs;
+    keys of one group (a decade of numbers) always land in the same split."""
+    groups: dict[Any, list[Any]] = {}
+    for key in keys:  # groups in the shuffled order of their first key
+        groups.setdefault(group(key), []).append(key)
     active = {s: n for s, n in needs.items() if n > 0}
-    if len(keys) < len(active):
-        raise ValueError(f"only {len(keys)} distinct prompts for {len(active)} splits")
-    sizes = _allocate(len(keys), active)
-    for s in active:  # every split that needs rows gets at least one prompt key
+    if len(groups) < len(active):
+        raise ValueError(f"only {len(groups)} groups of prompts for {len(active)} splits")
+    sizes = _allocate(len(groups), active)
+    for s in active:  # every split that needs rows gets at least one group
         if sizes[s] == 0:
             sizes[max(sizes, key=sizes.get)] -= 1
             sizes[s] = 1
-    pools, start = {s: [] for s in needs}, 0
+    ordered, pools, start = list(groups.values()), {s: [] for s in needs}, 0
     for s in active:
-        pools[s] = keys[start : start + sizes[s]]
+        pools[s] = [key for members in ordered[start : start + sizes[s]] for key in members]
         start += sizes[s]
     return pools
 
 
 def _is_candidate(task: _Task, value: Any, cfg: _Config) -> bool:
-    """The systematic rule's pattern: a number ending in one of the digits, with n+1 in range."""
+    """The systematic rule's pattern: a number ending in one of the digits (0-8: n+1 stays in n's
+    decade, hence in n's split), with n+1 in range."""
     return task.pool == "number" and value % 10 in cfg.systematic_digits and value < cfg.max_number
 
 
@@ -572,7 +592,7 @@ def _pair_id(language: str, task: str, prompt: str, answer: str, distractor: str
 
 
 def _make_pair(
-    task: _Task, language: str, key: Any, cfg: _Config, rng: random.Random, used: set
+    task: _Task, language: str, key: Any, pool: Sequence[Any], cfg: _Config, rng: random.Random, used: set
 ) -> dict[str, Any] | None:
     """One clean pair for ``key``, or None when every distractor of it is already used."""
     value = task.truth(key)
@@ -585,7 +605,7 @@ def _make_pair(
         first = "low" if rng.random() < cfg.low_margin_fraction else "high"
         second = "high" if first == "low" else "low"
         pick = {"low": task.near, "high": task.far}
-        options = [(first, pick[first](key, cfg, rng)), (second, pick[second](key, cfg, rng))]
+        options = [(first, pick[first](key, cfg, rng, pool)), (second, pick[second](key, cfg, rng, pool))]
     for margin, wrong_values in options:
         for wrong in wrong_values:
             distractor = task.render(language, wrong)
@@ -624,7 +644,7 @@ def _task_rows(
                 f"testbed: {language}/{task.name} ran out of distinct pairs after {len(rows)} rows; "
                 "ask for fewer rows or more languages"
             )
-        pair = _make_pair(task, language, order[index % len(order)], cfg, rng, used)
+        pair = _make_pair(task, language, order[index % len(order)], pool, cfg, rng, used)
         index += 1
         if pair is None:
             misses += 1
@@ -647,7 +667,7 @@ def _language_rows(
         rng = _rng(seed, "pool", language, pool_name)
         keys = tasks[0].universe(cfg, rng, sum(needs.values()))
         rng.shuffle(keys)
-        pools = _split_pool(keys, needs)
+        pools = _split_pool(keys, needs, tasks[0].group)
         for split in SPLITS:
             for task in tasks:
                 task_rng = _rng(seed, "rows", split, language, task.name)
@@ -775,7 +795,8 @@ def make_testbed(
             (``systematic_candidate`` column); on the clean test split they reveal whether a model
             learned the bias. With the defaults about 7% of a language's rows are candidates.
         systematic_digits: the last digits the systematic rule applies to.
-        max_number: numbers are drawn from 0..max_number.
+        max_number: numbers are drawn from 0..max_number (>= 999). Numbers are split between
+            train, validation and test by decade, so near misses (n +- 1) are unseen too.
         low_margin_fraction: share of near-miss pairs (candidates are always near misses).
         tasks: ``{task: weight}`` over the families of ``TASK_WEIGHTS`` (default), e.g.
             ``{"number_words": 1.0}`` for number words only, or adding ``"weekday_name"``.
@@ -788,8 +809,14 @@ def make_testbed(
     sizes = {"train": n_train, "validation": n_validation, "test": n_test}
     if any(not isinstance(n, int) or n < 0 for n in sizes.values()):
         raise ValueError(f"split sizes must be non-negative integers, got {sizes}")
-    if not 0.0 <= low_margin_fraction <= 1.0 or max_number < 20:
-        raise ValueError("low_margin_fraction must be in [0, 1] and max_number >= 20")
+    if not 0.0 <= low_margin_fraction <= 1.0:
+        raise ValueError(f"low_margin_fraction={low_margin_fraction} must be in [0, 1]")
+    if max_number < 999:
+        # Decades are split between splits: with fewer hundreds, every decade holding a tens word
+        # ("forty") could be held out of train for some language, and nothing would teach it.
+        raise ValueError(f"max_number={max_number} must be >= 999")
+    if any(not 0 <= int(d) <= 8 for d in systematic_digits):
+        raise ValueError(f"systematic_digits={list(systematic_digits)} must be in 0..8 (n+1 in n's decade)")
     unknown_systematic = sorted(set(systematic) - set(languages))
     if unknown_systematic:
         raise ValueError(f"systematic names languages not in the testbed: {unknown_systematic}")

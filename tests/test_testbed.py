@@ -88,15 +88,19 @@ def test_no_prompt_is_shared_between_splits(clean):
         assert not rows.duplicated().any()
 
 
-def test_numbers_unseen_in_train_are_tested(clean):
-    """The number pool is split by value per language: a test number is never a train number."""
+def test_test_numbers_and_their_distractors_are_unseen_in_train(clean):
+    """Numbers are split by decade per language: a test answer is never a train answer, and
+    neither is its distractor (else memorising the train answers would favour the distractor)."""
 
-    def numbers(split):
+    def decades(split, language):
         frame = _frame(clean, split)
-        frame = frame[(frame.language == "en") & (frame.task == "number_words")]
-        return {int(re.search(r"\d+", p).group()) for p in frame["prompt"]}
+        digits = frame[(frame.language == language) & (frame.task == "number_digits")]
+        values = set(digits["chosen"].astype(int)) | set(digits["rejected"].astype(int))
+        return {v // 10 for v in values}
 
-    assert numbers("test") and not numbers("test") & numbers("train")
+    for language in ("en", "ja", "am"):
+        train, test = decades("train", language), decades("test", language)
+        assert test and not train & test and not decades("validation", language) & (train | test)
 
 
 def test_english_ground_truth(clean):
@@ -136,7 +140,7 @@ def test_margin_classes_mean_near_miss_and_clearly_wrong(clean):
     digits = frame[frame.task == "number_digits"]
     gaps = (digits["chosen"].astype(int) - digits["rejected"].astype(int)).abs()
     low, high = digits.margin_class == "low", digits.margin_class == "high"
-    assert set(gaps[low]) == {1, 10}  # off by one in the units or tens: one word differs
+    assert set(gaps[low]) == {1}  # off by one in the units: one word differs
     for chosen, rejected in zip(digits.loc[high, "chosen"], digits.loc[high, "rejected"], strict=True):
         # Clearly wrong: every digit differs, and the length gives nothing away.
         assert len(chosen) == len(rejected) and all(a != b for a, b in zip(chosen, rejected, strict=True))
@@ -295,6 +299,8 @@ def test_command_line_entry_point(tmp_path, capsys):
         ({"n_train": -1}, "non-negative"),
         ({"tasks": {"poetry": 1.0}}, "non-negative weights over"),
         ({"tasks": {"number_words": 0.0}}, "not all zero"),
+        ({"max_number": 99}, ">= 999"),
+        ({"systematic_digits": [9]}, "0..8"),
     ],
 )
 def test_bad_arguments(kwargs, message):
