@@ -794,7 +794,8 @@ def make_testbed(
             is then drawn from the other rows. Candidates exist in every split and language
             (``systematic_candidate`` column); on the clean test split they reveal whether a model
             learned the bias. With the defaults about 7% of a language's rows are candidates.
-        systematic_digits: the last digits the systematic rule applies to.
+        systematic_digits: the last digits the systematic rule applies to (0..8; more digits,
+            more affected rows: (5, 6, 7, 8) affects about 28% of a language's rows).
         max_number: numbers are drawn from 0..max_number (>= 999). Numbers are split between
             train, validation and test by decade, so near misses (n +- 1) are unseen too.
         low_margin_fraction: share of near-miss pairs (candidates are always near misses).
