@@ -75,6 +75,11 @@ class RunConfig:
     max_grad_norm: float = _field(1.0, "gradient clipping norm (0: no clipping)")
     sft_steps: int = _field(0, "optimizer steps of the SFT warm-up on chosen responses (0: none)")
     sft_learning_rate: float = _field(2e-3, "peak learning rate of the SFT warm-up")
+    sft_cache: bool = _field(
+        True,
+        "reuse the SFT warm-up of an earlier run with the same data, model, seed and SFT settings "
+        "(cached under $CAPO_CACHE/sft)",
+    )
     precision: str = _field("auto", "auto (bf16 or fp16 on a GPU, fp32 on a CPU), fp32, fp16 or bf16")
     # LoRA and the reference model
     lora_r: int = _field(0, "LoRA rank (0: train every weight)")
@@ -106,6 +111,12 @@ class RunConfig:
         for name, check, requirement in _RULES:
             if not check(getattr(self, name)):
                 raise ValueError(f"RunConfig.{name} must be {requirement}; got {getattr(self, name)!r}")
+        from capo_tutorial.losses import check_loss_parameters  # imports torch: only when validating
+
+        try:
+            check_loss_parameters(self.loss, beta=self.beta, **self.loss_params)
+        except ValueError as error:
+            raise ValueError(f"RunConfig.loss/loss_params: {error}") from None
 
     def replace(self, **changes: Any) -> RunConfig:
         """A copy with some fields changed; unknown field names are an error that lists the known ones."""

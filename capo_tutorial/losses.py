@@ -31,6 +31,7 @@ __all__ = [
     "ConfidenceSignals",
     "PreferenceLossOutput",
     "capo_weights",
+    "check_loss_parameters",
     "pair_confidence",
     "preference_loss",
     "register_loss",
@@ -504,8 +505,12 @@ def _check_logps(name: str, arguments: dict[str, Tensor | None]) -> None:
             raise ValueError(f"{argument} must be > 0 (completion token counts); got {value.tolist()[:8]}")
 
 
-def _check_parameters(name: str, function: LossFunction, params: dict, batch_shape: torch.Size) -> None:
-    accepted = [p for p in inspect.signature(function).parameters if p not in _LOGP_ARGUMENTS]
+def check_loss_parameters(name: str, **params) -> None:
+    """Raise ValueError when ``name`` is not a loss or one of its scalar ``params`` is unknown or out of
+    range (tensors such as ``strength`` are checked later, with the batch). Configs call this early."""
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; known losses: {sorted(LOSSES)}")
+    accepted = [p for p in inspect.signature(LOSSES[name]).parameters if p not in _LOGP_ARGUMENTS]
     for key, value in params.items():
         if key not in accepted:
             raise ValueError(f"loss {name!r} has no parameter {key!r}; it accepts {accepted}")
@@ -518,16 +523,15 @@ def _check_parameters(name: str, function: LossFunction, params: dict, batch_sha
             raise ValueError(f"loss {name!r}: {key} must be {requirement}, got {value!r}")
         if abs(value) == float("inf"):
             raise ValueError(f"loss {name!r}: {key} must be finite, got {value!r}")
-    _check_capo_parameters(name, params, batch_shape)
-
-
-def _check_capo_parameters(name: str, params: dict, batch_shape: torch.Size) -> None:
     source = params.get("confidence")
     if source is not None and not callable(source) and source not in CONFIDENCE_SOURCES:
         raise ValueError(
             f"loss {name!r}: unknown confidence source {source!r}; "
             f"use one of {sorted(CONFIDENCE_SOURCES)} or a callable(ConfidenceSignals) -> Tensor"
         )
+
+
+def _check_strength(params: dict, batch_shape: torch.Size) -> None:
     strength = params.get("strength")
     if strength is not None:
         _check_tensor("strength", strength, batch_shape)
@@ -581,5 +585,6 @@ def preference_loss(
     )
     if validate:
         _check_logps(name, arguments)
-        _check_parameters(name, function, {"beta": beta, **params}, policy_chosen_logps.shape)
+        check_loss_parameters(name, beta=beta, **params)
+        _check_strength(params, policy_chosen_logps.shape)
     return function(**arguments, beta=beta, **params)

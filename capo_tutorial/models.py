@@ -147,7 +147,11 @@ def train_tokenizer(
     if vocab_size < minimum:
         raise ValueError(f"vocab_size={vocab_size} is too small: a byte-level BPE needs at least {minimum}.")
     backend = Tokenizer(models.BPE(unk_token=UNK))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    # One token per digit, as in Llama/Gemma tokenizers: numbers stay compositional, so a model can
+    # learn "630" from 6, 3, 0 rather than memorise one token per number.
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,

@@ -1,0 +1,488 @@
+"""The training loop: an optional SFT warm-up, then preference optimisation, on Hugging Face Accelerate.
+
+The same code runs on 2 CPU cores, one GPU, or many processes (``accelerate launch``): Accelerate
+places the model, shards the batches, averages the gradients and gathers the metrics.
+
+    stage "sft"          -mean log pi(y_w|x) per chosen token, on the chosen responses only
+    stage "preference"   the configured loss (capo_tutorial.losses) on the 2B batch
+
+After the warm-up, the policy is frozen into the reference model. Metrics use TRL's names
+(loss, rewards/chosen, rewards/rejected, rewards/accuracies, rewards/margins, logps/chosen, ...)
+and go to ``history.jsonl``; the final per-language evaluation goes to ``evaluation.csv``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch import Tensor
+from torch.utils.data import DataLoader
+from transformers import get_scheduler
+
+from capo_tutorial.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    load_trainable_weights,
+    save_checkpoint,
+)
+from capo_tutorial.components import Components, build_components, freeze_reference, reference_weights_path
+from capo_tutorial.config import RunConfig
+from capo_tutorial.evaluation import evaluation_summary, score_pairs
+from capo_tutorial.logprobs import concatenated_logps, sequence_logps
+from capo_tutorial.losses import LOSSES, preference_loss
+
+__all__ = ["TrainResult", "TrainingDivergedError", "evaluate_run", "train"]
+
+REFERENCE_FREE_LOSSES = {"simpo"}
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept on disk."""
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns.
+
+    Attributes:
+        history: one row per logged step (TRL metric names, plus stage, step, epoch, learning_rate).
+        evaluation: per-language table on the evaluation split (see ``evaluation_summary``).
+        predictions: one row per evaluated pair (rewards, log-probs, metadata).
+        output_dir: where the run wrote history.jsonl, evaluation.csv, predictions.csv, config.json
+            and its checkpoints.
+        seconds: wall-clock seconds of each stage.
+    """
+
+    history: pd.DataFrame
+    evaluation: pd.DataFrame
+    predictions: pd.DataFrame
+    output_dir: Path
+    config: RunConfig
+    seconds: dict[str, float] = field(default_factory=dict)
+    components: Components | None = None
+
+
+@dataclass
+class _Progress:
+    """Where a run is: the stage, optimizer steps done in it, and the data position."""
+
+    stage: str = "sft"
+    step: int = 0
+    epoch: int = 0
+    batches_in_epoch: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(
+            stage=self.stage, step=self.step, epoch=self.epoch, batches_in_epoch=self.batches_in_epoch
+        )
+
+
+def train(config: RunConfig, *, components: Components | None = None) -> TrainResult:
+    """Run the configured training and evaluation; see the module docstring for the stages.
+
+    Args:
+        config: the run (``capo_tutorial.config.profile_config`` gives the profiles' configs).
+        components: model, tokenizer, data and collator built already (default: built from config).
+
+    Returns:
+        A :class:`TrainResult`. Files are written to ``config.output_dir`` by the main process.
+
+    Raises:
+        TrainingDivergedError: the loss became NaN or inf (the last checkpoint is kept).
+    """
+    if config.loss not in LOSSES:
+        raise ValueError(f"RunConfig.loss {config.loss!r} is not a loss; known losses: {sorted(LOSSES)}")
+    accelerator = _accelerator(config)
+    set_seed(config.seed)
+    output_dir = Path(config.output_dir)
+    resume_from = latest_checkpoint(output_dir) if config.resume else None
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        config.save(output_dir / "config.json")
+    components = components or build_components(config)
+    logger = _Logger(output_dir / "history.jsonl", accelerator, config, fresh=resume_from is None)
+    progress = _Progress(stage="sft" if config.sft_steps else "preference")
+    if resume_from is not None:
+        progress = _Progress(**json.loads((resume_from / "state.json").read_text())["progress"])
+        logger.truncate(progress)
+    seconds: dict[str, float] = {}
+    warmed_up = progress.stage == "preference" or (
+        config.sft_cache and reference_weights_path(config).exists()
+    )
+    if progress.stage == "sft" and warmed_up:
+        accelerator.print(f"reusing the SFT warm-up cached in {reference_weights_path(config)}")
+        progress, resume_from = _Progress(stage="preference"), None
+    if progress.stage == "sft":
+        seconds["sft"] = _run_stage("sft", config, components, accelerator, logger, progress, resume_from)
+        progress, resume_from = _Progress(stage="preference"), None
+    freeze_reference(config, components, accelerator, load=warmed_up)
+    seconds["preference"] = _run_stage(
+        "preference", config, components, accelerator, logger, progress, resume_from
+    )
+    start = time.perf_counter()
+    predictions = _evaluate(config, components, accelerator)
+    seconds["evaluation"] = time.perf_counter() - start
+    evaluation = evaluation_summary(predictions)
+    if accelerator.is_main_process:
+        evaluation.to_csv(output_dir / "evaluation.csv")
+        predictions.to_csv(output_dir / "predictions.csv", index=False)
+    accelerator.wait_for_everyone()
+    return TrainResult(logger.frame(), evaluation, predictions, output_dir, config, seconds, components)
+
+
+def evaluate_run(run_dir: str | Path, *, split: str | None = None) -> pd.DataFrame:
+    """Per-language evaluation of a finished run's latest checkpoint on ``split`` (default: its eval split).
+
+    Rebuilds the run's data and model from ``run_dir/config.json``, loads its reference weights and
+    its latest checkpoint, and scores every pair of the split.
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").exists():
+        raise FileNotFoundError(
+            f"{run_dir} holds no config.json: is it the output_dir of a `capo train` run?"
+        )
+    config = RunConfig.load(run_dir / "config.json")
+    config = config.replace(resume=True, output_dir=str(run_dir), eval_split=split or config.eval_split)
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is None:
+        raise FileNotFoundError(f"{run_dir} holds no checkpoint-* folder: the run did not finish a stage")
+    accelerator = _accelerator(config)
+    components = build_components(config)
+    freeze_reference(config, components, accelerator, load=True)
+    load_trainable_weights(components.model, checkpoint / "model.safetensors")
+    return evaluation_summary(_evaluate(config, components, accelerator))
+
+
+def _accelerator(config: RunConfig) -> Accelerator:
+    """Accelerate for this run; processes started by torchrun / ``accelerate launch --multi_gpu`` on a
+    machine without CUDA train data-parallel on the CPU (gloo), which needs ``cpu=True``."""
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return Accelerator(
+        cpu=launched and not torch.cuda.is_available(),
+        mixed_precision=_mixed_precision(config.precision),
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+    )
+
+
+def _mixed_precision(precision: str) -> str:
+    """Accelerate's mixed_precision for a RunConfig.precision ("auto": bf16 or fp16 on CUDA, else none)."""
+    if precision == "auto":
+        if not torch.cuda.is_available():
+            return "no"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return {"fp32": "no", "fp16": "fp16", "bf16": "bf16"}[precision]
+
+
+# --------------------------------------------------------------------------------------------------
+# One stage: optimizer, schedule, data order, checkpoints
+# --------------------------------------------------------------------------------------------------
+
+
+def _run_stage(stage, config, components, accelerator, logger, progress, resume_from) -> float:
+    """Train one stage to its step count; returns its wall-clock seconds."""
+    total_steps = config.sft_steps if stage == "sft" else config.max_steps
+    if total_steps == 0:
+        return 0.0
+    model = components.model
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad],
+        lr=config.sft_learning_rate if stage == "sft" else config.learning_rate,
+        weight_decay=config.weight_decay,
+    )
+    scheduler = get_scheduler(
+        config.lr_scheduler if config.lr_scheduler != "constant" else "constant_with_warmup",
+        optimizer,
+        num_warmup_steps=math.ceil(config.warmup_ratio * total_steps),
+        num_training_steps=total_steps,
+    )
+    if resume_from is not None:
+        load_checkpoint(resume_from, model=model, optimizer=optimizer, scheduler=scheduler)
+        accelerator.print(f"resumed {stage} from {resume_from} at step {progress.step}")
+    prepared_model, optimizer = accelerator.prepare(model, optimizer)
+    step_function = _sft_step if stage == "sft" else _preference_step
+    start = time.perf_counter()
+    logger.start(stage, total_steps, progress.step)
+    for batch in _batches(components, config, accelerator, progress):
+        with accelerator.accumulate(prepared_model):
+            metrics = step_function(prepared_model, batch, config, components, accelerator)
+            _guard_finite(metrics["loss"], "loss", stage, progress, config, accelerator)
+            accelerator.backward(metrics["loss"])
+            if accelerator.sync_gradients:
+                # The norm is needed anyway to clip; a non-finite one would poison the weights.
+                metrics["grad_norm"] = accelerator.clip_grad_norm_(
+                    prepared_model.parameters(), config.max_grad_norm or math.inf
+                )
+                _guard_finite(metrics["grad_norm"], "gradient norm", stage, progress, config, accelerator)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        if not accelerator.sync_gradients:
+            continue
+        scheduler.step()
+        progress.step += 1
+        logger.record(metrics, progress, scheduler.get_last_lr()[0])
+        _maybe_checkpoint(config, progress, total_steps, accelerator, model, optimizer, scheduler, logger)
+        if config.eval_every and progress.step % config.eval_every == 0 and stage == "preference":
+            logger.log_evaluation(_evaluate(config, components, accelerator), progress)
+        if progress.step >= total_steps:
+            break
+    logger.finish()
+    components.model = accelerator.unwrap_model(prepared_model)
+    accelerator.free_memory()
+    return time.perf_counter() - start
+
+
+def _batches(components: Components, config: RunConfig, accelerator: Accelerator, progress: _Progress):
+    """Training batches in a deterministic order, epoch after epoch, resuming mid-epoch if needed."""
+    loader = accelerator.prepare(
+        DataLoader(
+            components.train_dataset, batch_sampler=components.train_sampler, collate_fn=components.collator
+        )
+    )
+    while True:
+        # The prepared loader sets its sampler's epoch when iterated: the epoch goes to the loader.
+        loader.set_epoch(progress.epoch)
+        done = progress.batches_in_epoch
+        for batch in accelerator.skip_first_batches(loader, done) if done else loader:
+            progress.batches_in_epoch += 1
+            yield batch
+        progress.epoch += 1
+        progress.batches_in_epoch = 0
+
+
+def _maybe_checkpoint(
+    config, progress, total_steps, accelerator, model, optimizer, scheduler, logger
+) -> None:
+    due = (config.save_every and progress.step % config.save_every == 0) or progress.step == total_steps
+    if not due:
+        return
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        save_checkpoint(
+            config.output_dir,
+            step=_global_step(config, progress),
+            model=accelerator.unwrap_model(model),
+            optimizer=optimizer,
+            scheduler=scheduler,
+            state={"progress": progress.to_dict(), "history_rows": logger.rows},
+            keep=config.keep_checkpoints,
+        )
+    accelerator.wait_for_everyone()
+
+
+def _global_step(config: RunConfig, progress: _Progress) -> int:
+    """Steps across both stages, so checkpoint names sort in training order."""
+    return progress.step + (config.sft_steps if progress.stage == "preference" else 0)
+
+
+def _guard_finite(
+    value: Tensor, what: str, stage: str, progress: _Progress, config: RunConfig, accelerator
+) -> None:
+    """Stop the run with a clear message when ``value`` is NaN or inf, before it reaches the weights."""
+    finite = torch.isfinite(value.detach()).float()
+    if accelerator.num_processes > 1:  # every process must stop together, or the others hang
+        finite = accelerator.reduce(finite, reduction="mean")
+    if bool(finite == 1):
+        return
+    last = latest_checkpoint(config.output_dir)
+    kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet (set save_every)"
+    raise TrainingDivergedError(
+        f"the {stage} {what} became {value.item()} at step {progress.step + 1}; {kept}. Lower the learning "
+        f"rate (now {config.sft_learning_rate if stage == 'sft' else config.learning_rate}), raise beta, "
+        "or check the data; resume with resume=True after changing it."
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# The two step functions: loss and metrics of one micro-batch
+# --------------------------------------------------------------------------------------------------
+
+
+def _sft_step(model, batch, config, components, accelerator) -> dict[str, Tensor]:
+    """Token-mean NLL of the chosen responses; the rejected half of the batch is not run."""
+    pairs = batch["input_ids"].shape[0] // 2
+    with accelerator.autocast():
+        logps, lengths = sequence_logps(
+            model,
+            batch["input_ids"][:pairs],
+            batch["attention_mask"][:pairs],
+            batch["completion_mask"][:pairs],
+        )
+    return {"loss": -logps.sum() / lengths.sum().clamp_min(1)}
+
+
+def _preference_step(model, batch, config, components, accelerator) -> dict[str, Tensor]:
+    """The configured preference loss on the 2B batch, and TRL's metrics of it (detached)."""
+    with accelerator.autocast():
+        policy = concatenated_logps(model, batch)
+    if config.loss in REFERENCE_FREE_LOSSES:
+        ref_chosen = ref_rejected = None
+    else:
+        ref_chosen, ref_rejected = components.reference.logps(batch)
+    params = dict(config.loss_params)
+    if config.loss == "capo" and "strength" in batch:
+        params["strength"] = batch["strength"]
+    output = preference_loss(
+        config.loss,
+        policy.chosen_logps,
+        policy.rejected_logps,
+        ref_chosen,
+        ref_rejected,
+        beta=config.beta,
+        chosen_lengths=policy.chosen_lengths,
+        rejected_lengths=policy.rejected_lengths,
+        validate=False,
+        **params,
+    )
+    loss = output.losses.mean()
+    if config.sft_weight:
+        loss = loss + config.sft_weight * (-policy.chosen_logps / policy.chosen_lengths).mean()
+    return {
+        "loss": loss,
+        "rewards/chosen": output.chosen_rewards.mean(),
+        "rewards/rejected": output.rejected_rewards.mean(),
+        "rewards/accuracies": (output.chosen_rewards > output.rejected_rewards).float().mean(),
+        "rewards/margins": (output.chosen_rewards - output.rejected_rewards).mean(),
+        "logps/chosen": policy.chosen_logps.detach().mean(),
+        "logps/rejected": policy.rejected_logps.detach().mean(),
+        "weights/mean": output.weights.float().mean(),
+        "weights/min": output.weights.float().min(),
+        "weights/max": output.weights.float().max(),
+    }
+
+
+def _evaluate(config: RunConfig, components: Components, accelerator: Accelerator) -> pd.DataFrame:
+    return score_pairs(
+        components.model,
+        components.reference,
+        components.eval_dataset,
+        components.collator,
+        beta=config.beta,
+        batch_size=config.eval_batch_size,
+        accelerator=accelerator,
+        reference_free=config.loss in REFERENCE_FREE_LOSSES,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Logging: history rows with TRL's names, progress for terminals and for CI logs
+# --------------------------------------------------------------------------------------------------
+
+
+class _Logger:
+    """Averages step metrics over ``log_every`` steps (and over processes) and writes history rows."""
+
+    def __init__(self, path: Path, accelerator: Accelerator, config: RunConfig, fresh: bool) -> None:
+        self.path, self.accelerator, self.config = path, accelerator, config
+        self.records: list[dict[str, Any]] = []
+        self.rows = 0
+        self.sums: dict[str, Tensor] = {}
+        self.count = 0
+        self.bar = None
+        if accelerator.is_main_process and fresh:
+            path.write_text("", encoding="utf-8")
+
+    def truncate(self, progress: _Progress) -> None:
+        """On resume, keep the history rows written up to the checkpoint and drop later ones."""
+        if not self.path.exists():
+            return
+        lines = [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line]
+        order = {"sft": 0, "preference": 1}
+        keep = [r for r in lines if (order[r["stage"]], r["step"]) <= (order[progress.stage], progress.step)]
+        self.records = keep
+        self.rows = len(keep)
+        if self.accelerator.is_main_process:
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in keep), encoding="utf-8")
+
+    def start(self, stage: str, total: int, done: int) -> None:
+        self.stage, self.total, self.started, self.start_step = stage, total, time.perf_counter(), done
+        mode = self.config.progress
+        if mode == "auto":
+            mode = "bar" if sys.stderr.isatty() else "lines"
+        self.mode = mode if self.accelerator.is_main_process else "none"
+        if self.mode == "bar":
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, initial=done, desc=stage, dynamic_ncols=True)
+
+    def record(self, metrics: dict[str, Tensor], progress: _Progress, learning_rate: float) -> None:
+        for key, value in metrics.items():
+            value = value.detach().float() if isinstance(value, Tensor) else torch.tensor(float(value))
+            self.sums[key] = self.sums.get(key, 0) + value
+        self.count += 1
+        if self.bar is not None:
+            self.bar.update(1)
+        if progress.step % self.config.log_every == 0 or progress.step == self.total:
+            self._flush(progress, learning_rate)
+
+    def _flush(self, progress: _Progress, learning_rate: float) -> None:
+        names = sorted(self.sums)
+        local = torch.stack([self.sums[n] / self.count for n in names]).to(self.accelerator.device)
+        averaged = self.accelerator.reduce(local, reduction="mean").tolist()
+        row = {
+            "stage": progress.stage,
+            "step": progress.step,
+            "epoch": progress.epoch,
+            "learning_rate": learning_rate,
+        }
+        row.update(dict(zip(names, averaged)))
+        row["num_processes"] = self.accelerator.num_processes
+        self.sums, self.count = {}, 0
+        self.records.append(row)
+        self.rows += 1
+        if self.accelerator.is_main_process:
+            with self.path.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(row) + "\n")
+        self._show(row)
+
+    def _show(self, row: dict[str, Any]) -> None:
+        shown = f"loss {row['loss']:.4f}"
+        if "rewards/accuracies" in row:
+            shown += f"  acc {row['rewards/accuracies']:.3f}  margin {row['rewards/margins']:.3f}"
+        if self.bar is not None:
+            self.bar.set_postfix_str(shown)
+        elif self.mode == "lines":
+            rate = (row["step"] - self.start_step) / max(time.perf_counter() - self.started, 1e-9)
+            print(
+                f"[{self.stage}] step {row['step']}/{self.total}  {shown}  lr {row['learning_rate']:.2e}"
+                f"  ({rate:.1f} steps/s)",
+                flush=True,
+            )
+
+    def log_evaluation(self, predictions: pd.DataFrame, progress: _Progress) -> None:
+        row = {
+            "stage": progress.stage,
+            "step": progress.step,
+            "epoch": progress.epoch,
+            "eval_rewards/accuracies": float(predictions.correct.mean()),
+            "eval_rewards/margins": float(predictions.margin.mean()),
+        }
+        self.records.append(row)
+        self.rows += 1
+        if self.accelerator.is_main_process:
+            with self.path.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(row) + "\n")
+            if self.mode == "lines":
+                print(
+                    f"[eval] step {progress.step}  accuracy {row['eval_rewards/accuracies']:.3f}  "
+                    f"margin {row['eval_rewards/margins']:.3f}",
+                    flush=True,
+                )
+
+    def finish(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.records)
