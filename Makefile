@@ -12,7 +12,7 @@ export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export CAPO_PROFILE ?= smoke
 
-.PHONY: venv test test-fast book lint clean
+.PHONY: venv test test-fast test-trl-matrix book lint clean
 
 venv: $(STAMP)
 
@@ -32,6 +32,12 @@ lint: venv
 test: venv lint
 	$(PY) -m pytest tests -n 2 --dist loadgroup
 	$(PY) -m pytest --nbmake -n 2 book
+	$(MAKE) test-trl-matrix
+
+# TRL compatibility matrix (.ci/trl_matrix.sh): trl 0.29.1 (the oldest CAPOTrainer supports) and trl 0.24.0
+# (cDPO parity; transformers < 5), each in its own .venv-trl-VERSION; the newest TRL runs in .venv above.
+test-trl-matrix:
+	PYTHON=$(PYTHON) TORCH_SPEC="$(TORCH_SPEC)" .ci/trl_matrix.sh
 
 test-fast: venv
 	$(PY) -m pytest tests -n 2 -m "not slow"
@@ -47,4 +53,4 @@ book: venv _build/.package-stamp
 	$(VENV)/bin/jupyter-book build . --warningiserror --keep-going --path-output .
 
 clean:
-	rm -rf _build .pytest_cache .ruff_cache
+	rm -rf _build .pytest_cache .ruff_cache .venv-trl-*
