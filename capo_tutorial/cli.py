@@ -99,8 +99,9 @@ def _command_train(arguments: argparse.Namespace) -> int:
 
     config = _config_from(arguments)
     result = train(config)
-    print(result.evaluation.round(4).to_string())
-    print(f"wrote {result.output_dir}")
+    if int(os.environ.get("RANK", "0")) == 0:  # one report, also under torchrun
+        print(result.evaluation.round(4).to_string())
+        print(f"wrote {result.output_dir}")
     return 0
 
 

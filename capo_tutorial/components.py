@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import numpy as np
+import pyarrow.compute as pc
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -62,6 +64,7 @@ class Components:
     train_sampler: LengthGroupedBatchSampler
     reports: dict[str, TokenizationReport] = field(default_factory=dict)
     reference: Reference | None = None
+    warmup_key: str = ""  # content hash of what the SFT warm-up starts from (see reference_weights_path)
 
 
 def reference_mode(config: RunConfig) -> str:
@@ -137,6 +140,7 @@ def build_components(config: RunConfig) -> Components:
     )
     sampler = LengthGroupedBatchSampler(pair_lengths(train), config.batch_size, seed=config.seed)
     return Components(
+        warmup_key=_warmup_key(config, model, train),
         model=model,
         tokenizer=tokenizer,
         train_dataset=train,
@@ -146,6 +150,8 @@ def build_components(config: RunConfig) -> Components:
         reports={"train": train_report, "eval": eval_report},
     )
 
+
+_SFT_CACHE_FORMAT = 1  # bump when the SFT stage's semantics change
 
 # Fields that decide what the SFT warm-up produces: equal values give identical warmed-up weights.
 _SFT_FIELDS = (
@@ -180,13 +186,25 @@ _SFT_FIELDS = (
 )
 
 
-def reference_weights_path(config: RunConfig) -> Path:
+def _warmup_key(config: RunConfig, model: nn.Module, train: datasets.Dataset) -> str:
+    """A hash of everything the SFT warm-up's result depends on: its settings, the exact training
+    tokens, and the initial weights (so a change to the testbed, tokenizer or model code misses)."""
+    digest = hashlib.sha256(f"{__version__}:{_SFT_CACHE_FORMAT}".encode())
+    digest.update(json.dumps({name: getattr(config, name) for name in _SFT_FIELDS}, sort_keys=True).encode())
+    for column in ("prompt_input_ids", "chosen_input_ids", "rejected_input_ids"):
+        table = train.with_format("arrow")[column]
+        digest.update(np.asarray(table.combine_chunks().flatten()).tobytes())
+        digest.update(np.asarray(pc.list_value_length(table)).tobytes())
+    for parameter in model.parameters():
+        digest.update(parameter.detach().cpu().float().numpy().tobytes())
+    return digest.hexdigest()[:24]
+
+
+def reference_weights_path(config: RunConfig, components: Components) -> Path:
     """Where the warmed-up (reference) weights live: the shared SFT cache, or the run's own folder."""
     if not config.sft_cache:
         return Path(config.output_dir) / "reference" / "model.safetensors"
-    settings = json.dumps({name: getattr(config, name) for name in _SFT_FIELDS}, sort_keys=True)
-    key = hashlib.sha256(f"{__version__}:{settings}".encode()).hexdigest()[:20]
-    return cache_root() / "sft" / f"{key}.safetensors"
+    return cache_root() / "sft" / f"{components.warmup_key}.safetensors"
 
 
 def freeze_reference(config: RunConfig, components: Components, accelerator, *, load: bool) -> None:
@@ -200,7 +218,7 @@ def freeze_reference(config: RunConfig, components: Components, accelerator, *, 
     model = components.model
     if config.lora_r:
         model = model.merge_and_unload()
-    path = reference_weights_path(config)
+    path = reference_weights_path(config, components)
     if config.sft_steps and load:
         _load_full_state(model, path)
     elif config.sft_steps and accelerator.is_main_process:

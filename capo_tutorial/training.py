@@ -118,10 +118,10 @@ def train(config: RunConfig, *, components: Components | None = None) -> TrainRe
         logger.truncate(progress)
     seconds: dict[str, float] = {}
     warmed_up = progress.stage == "preference" or (
-        config.sft_cache and reference_weights_path(config).exists()
+        config.sft_cache and reference_weights_path(config, components).exists()
     )
     if progress.stage == "sft" and warmed_up:
-        accelerator.print(f"reusing the SFT warm-up cached in {reference_weights_path(config)}")
+        accelerator.print(f"reusing the SFT warm-up cached in {reference_weights_path(config, components)}")
         progress, resume_from = _Progress(stage="preference"), None
     if progress.stage == "sft":
         seconds["sft"] = _run_stage("sft", config, components, accelerator, logger, progress, resume_from)

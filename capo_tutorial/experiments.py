@@ -1,0 +1,265 @@
+"""Experiment grids: methods x seeds x noise rates, each run summarised into tidy result rows.
+
+One run = one :func:`capo_tutorial.training.train` call. Its summary rows (one per language x
+margin class, plus "all" rows) carry what chapters 5 and 6 plot::
+
+    method, loss, params (JSON), seed, noise, systematic, profile, eval_split,
+    language, margin_class, n, accuracy, margin, ece,
+    flipped_memorised (share of flipped training pairs the policy ranks the noisy way),
+    reference_accuracy (the reference model's own per-token ranking of the same pairs),
+    steps, seconds
+
+:func:`run_grid` appends rows to ``results.csv`` run by run (an interrupted grid resumes where it
+stopped) and writes ``manifest.json`` with the exact command, commit, profile and versions.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from capo_tutorial.config import RunConfig, profile_config
+from capo_tutorial.evaluation import score_pairs
+from capo_tutorial.metrics import expected_calibration_error
+from capo_tutorial.training import REFERENCE_FREE_LOSSES, TrainResult, train
+
+__all__ = ["METHODS", "RESULT_COLUMNS", "Method", "grid_runs", "run_grid", "run_one", "summarise_run"]
+
+
+@dataclass(frozen=True)
+class Method:
+    """A named loss with its parameters (and, for SimPO, its own beta)."""
+
+    name: str
+    loss: str
+    params: dict[str, Any] = field(default_factory=dict)
+    beta: float | None = None
+
+    def config_changes(self) -> dict[str, Any]:
+        changes: dict[str, Any] = {"loss": self.loss, "loss_params": dict(self.params)}
+        if self.beta is not None:
+            changes["beta"] = self.beta
+        return changes
+
+
+# The methods of the scale-1 grid. "capo" is the default chosen on the validation split (see
+# experiments/README.md); "capo-sigmoid" is the naive implicit-reward source, kept to show its failure.
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in [
+        Method("dpo", "dpo"),
+        Method("cdpo", "cdpo", {"label_smoothing": 0.1}),
+        Method("rdpo", "rdpo", {"label_smoothing": 0.1}),
+        Method("ipo", "ipo", beta=0.5),
+        Method("hinge", "hinge"),
+        Method("simpo", "simpo", {"target_margin": 0.5}, beta=2.0),
+        Method("capo", "capo", {"confidence": "reference", "tau": 0.5, "gamma": 1.0}),
+        Method("capo-sigmoid", "capo", {"confidence": "sigmoid", "tau": 1.0, "gamma": 1.0}),
+    ]
+}
+
+RESULT_COLUMNS = [
+    "method", "loss", "params", "seed", "noise", "systematic", "profile", "eval_split",
+    "language", "margin_class", "n", "accuracy", "margin", "ece",
+    "flipped_memorised", "reference_accuracy", "steps", "seconds",
+]  # fmt: skip
+
+
+def run_one(
+    method: Method, *, profile: str, seed: int, noise: float, output_dir: str | Path, **overrides: Any
+) -> tuple[pd.DataFrame, TrainResult]:
+    """Train and evaluate one (method, seed, noise) cell; returns its summary rows and the result."""
+    config = profile_config(
+        profile,
+        seed=seed,
+        noise=noise,
+        output_dir=str(output_dir),
+        **{**method.config_changes(), **overrides},
+    )
+    result = train(config)
+    return summarise_run(result, method), result
+
+
+def _flipped_memorised(result: TrainResult) -> float:
+    """Share of the flipped training pairs whose noisy label the trained policy now agrees with."""
+    components = result.components
+    train_set = components.train_dataset
+    if "flipped" not in train_set.column_names or not any(train_set["flipped"][:]):
+        return float("nan")
+    flipped = train_set.filter(lambda row: row["flipped"])
+    predictions = score_pairs(
+        components.model,
+        components.reference,
+        flipped,
+        components.collator,
+        beta=result.config.beta,
+        batch_size=result.config.eval_batch_size,
+        reference_free=result.config.loss in REFERENCE_FREE_LOSSES,
+    )
+    return float(predictions.correct.mean())
+
+
+def summarise_run(result: TrainResult, method: Method) -> pd.DataFrame:
+    """Tidy rows of one run: per language x margin class (and "all" of each), see the module doc."""
+    config, predictions = result.config, result.predictions
+    reference_margin = (
+        predictions.reference_chosen_logps / predictions.chosen_length
+        - predictions.reference_rejected_logps / predictions.rejected_length
+    )
+    predictions = predictions.assign(reference_correct=reference_margin > 0)
+    shared = {
+        "method": method.name,
+        "loss": config.loss,
+        "params": json.dumps(config.loss_params, sort_keys=True),
+        "seed": config.seed,
+        "noise": config.noise,
+        "systematic": ",".join(config.systematic_noise),
+        "profile": _profile_name(config),
+        "eval_split": config.eval_split,
+        "flipped_memorised": _flipped_memorised(result),
+        "steps": config.max_steps,
+        "seconds": round(sum(result.seconds.values()), 2),
+    }
+    rows = []
+    for language, margin_class in itertools.product(
+        ["all", *sorted(predictions.language.unique())], ["all", *sorted(predictions.margin_class.unique())]
+    ):
+        cell = predictions
+        if language != "all":
+            cell = cell[cell.language == language]
+        if margin_class != "all":
+            cell = cell[cell.margin_class == margin_class]
+        if len(cell):
+            rows.append({**shared, **_cell_metrics(cell), "language": language, "margin_class": margin_class})
+    return pd.DataFrame(rows)[RESULT_COLUMNS]
+
+
+def _cell_metrics(cell: pd.DataFrame) -> dict[str, float]:
+    return {
+        "n": len(cell),
+        "accuracy": float(cell.correct.mean()),
+        "margin": float(cell.margin.mean()),
+        "ece": expected_calibration_error(cell.margin),
+        "reference_accuracy": float(cell.reference_correct.mean()),
+    }
+
+
+def _profile_name(config: RunConfig) -> str:
+    return "smoke" if config.model == "tiny" else "cpu" if config.model == "gemma3-270m" else "gpu"
+
+
+def grid_runs(
+    methods: Iterable[Method], seeds: Iterable[int], noises: Iterable[float]
+) -> list[tuple[Method, int, float]]:
+    """The (method, seed, noise) cells of a grid, seed-major so that runs sharing an SFT warm-up
+    (same seed and noise) follow each other."""
+    return [(m, s, n) for s in seeds for n in noises for m in methods]
+
+
+def run_grid(
+    out_dir: str | Path,
+    *,
+    methods: Sequence[Method | str],
+    seeds: Sequence[int],
+    noises: Sequence[float],
+    profile: str = "smoke",
+    command: str | None = None,
+    **overrides: Any,
+) -> pd.DataFrame:
+    """Run every cell not already in ``out_dir/results.csv``; append rows run by run; write the manifest."""
+    methods = [METHODS[m] if isinstance(m, str) else m for m in methods]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results_path = out_dir / "results.csv"
+    done = _done_cells(results_path)
+    _write_manifest(out_dir, command, profile, methods, seeds, noises, overrides, started=True)
+    for method, seed, noise in grid_runs(methods, seeds, noises):
+        if (method.name, seed, noise) in done:
+            continue
+        start = time.perf_counter()
+        rows, _ = run_one(
+            method, profile=profile, seed=seed, noise=noise,
+            output_dir=out_dir / "runs" / f"{method.name}-seed{seed}-noise{noise}", **overrides,
+        )  # fmt: skip
+        rows.to_csv(results_path, mode="a", header=not results_path.exists(), index=False)
+        overall = rows[(rows.language == "all") & (rows.margin_class == "all")].iloc[0]
+        print(
+            f"[grid] {method.name} seed={seed} noise={noise}: accuracy {overall.accuracy:.3f} "
+            f"margin {overall.margin:.3f} ({time.perf_counter() - start:.0f} s)",
+            flush=True,
+        )
+    _write_manifest(out_dir, command, profile, methods, seeds, noises, overrides, started=False)
+    return pd.read_csv(results_path)
+
+
+def _done_cells(results_path: Path) -> set[tuple[str, int, float]]:
+    if not results_path.exists():
+        return set()
+    frame = pd.read_csv(results_path)
+    return set(zip(frame.method, frame.seed.astype(int), frame.noise.astype(float), strict=True))
+
+
+def _git_commit() -> str:
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "capo_tutorial"], capture_output=True, text=True
+        )
+        return commit.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _write_manifest(out_dir, command, profile, methods, seeds, noises, overrides, *, started: bool) -> None:
+    path = out_dir / "manifest.json"
+    manifest = json.loads(path.read_text()) if path.exists() else {}
+    packages = [
+        "capo-tutorial",
+        "torch",
+        "transformers",
+        "accelerate",
+        "datasets",
+        "peft",
+        "tokenizers",
+        "numpy",
+    ]
+    manifest.update(
+        {
+            "command": command or " ".join(sys.argv),
+            "commit": _git_commit(),
+            "profile": profile,
+            "grid": {"methods": [m.name for m in methods], "seeds": list(seeds), "noises": list(noises)},
+            "overrides": overrides,
+            "methods": {m.name: m.__dict__ for m in methods},
+            "versions": {name: _version(name) for name in packages},
+            "python": sys.version.split()[0],
+            "machine": {"platform": platform.platform(), "cpus": torch.get_num_threads()},
+        }
+    )
+    stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    manifest["started" if started else "finished"] = stamp
+    if started:
+        manifest.pop("finished", None)
+    path.write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+
+
+def _version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "not installed"
