@@ -715,3 +715,189 @@ def plot_reliability(
         if len(named) > 1:
             ax.legend(loc="upper left", fontsize="small")
         return _finish(fig)
+
+
+# --------------------------------------------------------------------------------------------------
+# Chapter 3: multilingual data (tokenizer fertility, label noise per language, padding)
+# --------------------------------------------------------------------------------------------------
+
+__all__ += ["plot_label_noise", "plot_padding_fraction", "plot_tokenizer_fertility"]
+
+_FERTILITY_PANELS = (
+    ("mean_tokens", "tokens per pair (prompt + chosen + rejected)"),
+    ("tokens_per_char", "tokens per character (fertility)"),
+)
+
+
+def _language_label(row: pd.Series) -> str:
+    """'bn · Beng': the language with its script, when the table has one."""
+    script = row.get("script")
+    return f"{row['language']} · {script}" if isinstance(script, str) and script else str(row["language"])
+
+
+def plot_tokenizer_fertility(
+    tables: pd.DataFrame | Mapping[str, pd.DataFrame],
+    *,
+    order: Sequence[str] | None = None,
+) -> Figure:
+    """What the same content costs per language: tokens per pair and tokens per character.
+
+    Args:
+        tables: a table of ``capo_tutorial.data.language_statistics`` (columns language,
+            [script], mean_tokens, tokens_per_char), or a mapping tokenizer name -> such a table,
+            computed on the same pairs.
+        order: the languages, top to bottom (default: the first table's tokens per pair, fewest
+            first).
+
+    Returns:
+        The figure; axes[0] holds the tokens per pair, axes[1] the tokens per character, one bar per
+        language and tokenizer (``ax.containers``: one per tokenizer, or one per script when a single
+        tokenizer is drawn, coloured by script).
+    """
+    named = {"tokenizer": tables} if isinstance(tables, pd.DataFrame) else dict(tables)
+    if not named:
+        raise ValueError("plot_tokenizer_fertility needs at least one table")
+    for name, table in named.items():
+        missing = {"language", "mean_tokens", "tokens_per_char"} - set(table.columns)
+        if missing:
+            raise ValueError(f"table {name!r} lacks the columns {sorted(missing)} (see language_statistics)")
+    first = next(iter(named.values()))
+    languages = list(order) if order is not None else list(first.sort_values("mean_tokens").language)
+    labels = {row["language"]: _language_label(row) for _, row in first.iterrows()}
+    positions = np.arange(len(languages))
+    single = len(named) == 1
+    with house_style():
+        height = 1.0 + 0.3 * len(languages) * (1.0 if single else max(1.0, 0.6 * len(named)))
+        fig, axes = plt.subplots(1, 2, figsize=(11, height), sharey=True)
+        for ax, (column, xlabel) in zip(axes, _FERTILITY_PANELS):
+            if single and "script" in first.columns:
+                _fertility_bars_by_script(ax, first.set_index("language"), languages, column)
+            else:
+                _fertility_bars_by_tokenizer(ax, named, languages, column)
+            ax.set(xlabel=xlabel)
+        axes[0].set_yticks(positions, [labels.get(lang, lang) for lang in languages])
+        ylabel = "language · script" if "script" in first.columns else "language"
+        axes[0].set(ylabel=ylabel, ylim=(len(languages) - 0.5, -0.5))  # first on top
+        title = "script" if single and "script" in first.columns else "tokenizer"
+        axes[-1].legend(title=title, loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize="small")
+        return _finish(fig)
+
+
+def _fertility_bars_by_script(ax: Axes, table: pd.DataFrame, languages: Sequence[str], column: str) -> None:
+    """One bar per language, coloured (and labelled) by script: one bar container per script."""
+    scripts = list(dict.fromkeys(table.loc[languages, "script"]))
+    palette = dict(zip(scripts, sns.color_palette("tab10", len(scripts))))
+    for script in scripts:
+        index = [i for i, lang in enumerate(languages) if table.loc[lang, "script"] == script]
+        values = table.loc[[languages[i] for i in index], column].to_numpy(float)
+        ax.barh(index, values, height=0.72, color=palette[script], label=script)
+
+
+def _fertility_bars_by_tokenizer(
+    ax: Axes, named: Mapping[str, pd.DataFrame], languages: Sequence[str], column: str
+) -> None:
+    """Grouped bars: one bar container per tokenizer, bars in the order of ``languages``."""
+    palette = dict(zip(named, sns.color_palette("colorblind", len(named))))
+    width = 0.8 / len(named)
+    for index, (name, table) in enumerate(named.items()):
+        values = table.set_index("language").reindex(languages)[column].to_numpy(float)
+        offset = (index - (len(named) - 1) / 2) * width
+        ax.barh(np.arange(len(languages)) + offset, values, height=width, color=palette[name], label=name)
+
+
+def plot_label_noise(table: pd.DataFrame | Sequence[Mapping[str, Any]], *, ax: Axes | None = None) -> Figure:
+    """Train labels flipped per language: realised random and systematic flips (stacked) and the asked rate.
+
+    Args:
+        table: one row per language with columns language, noise_asked, noise_random_realised,
+            noise_systematic_realised and optionally resource_tier (1 high, 2 mid, 3 low) and name:
+            the ``languages`` entries of ``capo_tutorial.testbed.testbed_card``. Languages are drawn
+            in the given order (sort by tier first to group them).
+        ax: draw into this axes.
+
+    Returns:
+        The figure; its axes holds two bar containers (labels "random flips" and "systematic flips",
+        one bar per language) and the asked rates as a line of markers labelled "asked rate".
+    """
+    frame = pd.DataFrame(list(table)) if not isinstance(table, pd.DataFrame) else table
+    needed = {"language", "noise_asked", "noise_random_realised", "noise_systematic_realised"}
+    missing = needed - set(frame.columns)
+    if missing:
+        raise ValueError(f"table lacks the columns {sorted(missing)}; pass testbed_card(...)['languages']")
+    positions = np.arange(len(frame))
+    random_share = frame["noise_random_realised"].to_numpy(float)
+    systematic_share = frame["noise_systematic_realised"].to_numpy(float)
+    colours = sns.color_palette("colorblind", 4)
+    with house_style():
+        fig, ax = _new_axes(ax, (max(6.0, 0.42 * len(frame) + 2.5), 3.8))
+        ax.bar(positions, random_share, width=0.7, color=colours[0], label="random flips")
+        ax.bar(
+            positions, systematic_share, width=0.7, bottom=random_share, color=colours[3],
+            hatch="//", edgecolor="white", label="systematic flips",
+        )  # fmt: skip
+        ax.plot(
+            positions, frame["noise_asked"].to_numpy(float), linestyle="none", marker="_",
+            markersize=18, markeredgewidth=2.2, color="0.15", label="asked rate",
+        )  # fmt: skip
+        if "resource_tier" in frame.columns:
+            tiers = frame["resource_tier"].to_numpy()
+            for boundary in np.flatnonzero(tiers[1:] != tiers[:-1]):
+                _guide_line(ax, x=boundary + 0.5)
+        ax.set_xticks(positions, frame["language"].astype(str))
+        ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
+        top = float(np.nanmax(np.r_[random_share + systematic_share, frame["noise_asked"].to_numpy(float)]))
+        ax.set(
+            xlabel="language" + (" (high → low resource)" if "resource_tier" in frame.columns else ""),
+            ylabel="train labels flipped (%)",
+            ylim=(0, max(0.05, top * 1.2)),
+        )
+        ax.legend(loc="upper left", fontsize="small", ncols=3)
+        return _finish(fig)
+
+
+def plot_padding_fraction(
+    results: pd.DataFrame,
+    *,
+    x: str = "batch_size",
+    y: str = "padding",
+    hue: str = "batching",
+    ax: Axes | None = None,
+) -> Figure:
+    """Share of the collated batch that is padding against the batch size, one line per batching strategy.
+
+    Args:
+        results: long DataFrame, one row per (strategy, batch size[, seed]) with the padding fraction
+            of ``capo_tutorial.data.padding_fraction`` in ``y`` (a fraction in [0, 1]). Repeated rows
+            (seeds) are drawn as mean ± standard deviation.
+        x, y, hue: the columns of the batch size (pairs per batch), the padding fraction and the
+            strategy.
+        ax: draw into this axes.
+
+    Returns:
+        The figure; its axes holds one line per strategy (label = the strategy), x on a log2 scale.
+    """
+    missing = {x, y, hue} - set(results.columns)
+    if missing:
+        raise ValueError(f"results lacks the columns {sorted(missing)}; it has {list(results.columns)}")
+    data = results.assign(**{hue: results[hue].astype(str)})
+    levels = list(dict.fromkeys(data[hue]))
+    palette = dict(zip(levels, sns.color_palette("colorblind", len(levels))))
+    with house_style():
+        fig, ax = _new_axes(ax, (6.2, 3.8))
+        for level in levels:
+            summary = data[data[hue] == level].groupby(x)[y].agg(["mean", "std"]).fillna(0.0)
+            sizes, mean, spread = summary.index.to_numpy(float), summary["mean"], summary["std"]
+            ax.fill_between(sizes, mean - spread, mean + spread, color=palette[level], alpha=0.2, label="_sd")
+            ax.plot(sizes, mean.to_numpy(float), color=palette[level], marker="o", label=level)
+        ax.set_xscale("log", base=2)
+        sizes = np.sort(data[x].unique())
+        ax.set_xticks(sizes, [f"{size:g}" for size in sizes])
+        ax.minorticks_off()
+        ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
+        ax.set(
+            xlabel="batch size (pairs per batch, log scale)",
+            ylabel="padding (% of token slots)",
+            ylim=(0, None),
+        )
+        ax.legend(title=None, loc="upper left", fontsize="small")
+        return _finish(fig)

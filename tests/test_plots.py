@@ -302,3 +302,108 @@ def test_house_style_restores_the_settings_it_changes():
     plots.plot_loss_and_gradient([("dpo", {})])
     after = {key: matplotlib.rcParams[key] for key in before}
     assert after == before
+
+
+# --- chapter 3: multilingual data ------------------------------------------------------------------
+
+
+def fertility_table(scale=1.0):
+    return pd.DataFrame(
+        {
+            "language": ["en", "ru", "th"],
+            "script": ["Latn", "Cyrl", "Thai"],
+            "rows": [4, 4, 4],
+            "mean_chars": [60.0, 55.0, 50.0],
+            "mean_tokens": [30.0 * scale, 35.0 * scale, 45.0 * scale],
+            "tokens_per_char": [0.5 * scale, 0.64 * scale, 0.9 * scale],
+            "bytes_per_char": [1.0, 1.8, 2.6],
+        }
+    )
+
+
+def bar_widths(ax):
+    return {
+        container.get_label(): [bar.get_width() for bar in container.patches] for container in ax.containers
+    }
+
+
+def test_plot_tokenizer_fertility_one_tokenizer_colours_by_script():
+    table = fertility_table()
+    fig = plots.plot_tokenizer_fertility(table.iloc[::-1])
+    tokens_ax, fertility_ax = fig.axes[:2]
+    ticks = [tick.get_text() for tick in tokens_ax.get_yticklabels()]
+    assert ticks == ["en · Latn", "ru · Cyrl", "th · Thai"]  # fewest tokens per pair first
+    assert tokens_ax.get_xlabel().startswith("tokens per pair")
+    assert fertility_ax.get_xlabel().startswith("tokens per character")
+    for ax, column in ((tokens_ax, "mean_tokens"), (fertility_ax, "tokens_per_char")):
+        widths = bar_widths(ax)
+        assert list(widths) == ["Latn", "Cyrl", "Thai"]  # one container per script
+        np.testing.assert_allclose([bars[0] for bars in widths.values()], table[column])
+    assert fertility_ax.get_legend().get_title().get_text() == "script"
+
+
+def test_plot_tokenizer_fertility_compares_tokenizers_in_a_given_order():
+    fig = plots.plot_tokenizer_fertility(
+        {"small": fertility_table(), "large": fertility_table(0.5)}, order=["th", "en", "ru"]
+    )
+    tokens_ax = fig.axes[0]
+    ticks = [tick.get_text() for tick in tokens_ax.get_yticklabels()]
+    assert ticks == ["th · Thai", "en · Latn", "ru · Cyrl"]
+    widths = bar_widths(tokens_ax)
+    np.testing.assert_allclose(widths["small"], [45.0, 30.0, 35.0])
+    np.testing.assert_allclose(widths["large"], [22.5, 15.0, 17.5])
+    with pytest.raises(ValueError, match="tokens_per_char"):
+        plots.plot_tokenizer_fertility(fertility_table().drop(columns="tokens_per_char"))
+
+
+def test_plot_label_noise_stacks_realised_flips_and_marks_the_asked_rate():
+    from capo_tutorial.testbed import make_testbed, testbed_card
+
+    arguments = dict(languages=["en", "tr", "bn"], n_train=300, n_validation=0, n_test=30, seed=0)
+    arguments |= dict(noise={"en": 0.1, "tr": 0.2, "bn": 0.3}, systematic=["tr"])
+    card = testbed_card(make_testbed(**arguments), **arguments)
+    fig = plots.plot_label_noise(card["languages"])
+    ax = fig.axes[0]
+    assert [tick.get_text() for tick in ax.get_xticklabels()] == ["en", "tr", "bn"]
+    random_bars, systematic_bars = ax.containers
+    assert (random_bars.get_label(), systematic_bars.get_label()) == ("random flips", "systematic flips")
+    random_rates = [row["noise_random_realised"] for row in card["languages"]]
+    systematic_rates = [row["noise_systematic_realised"] for row in card["languages"]]
+    np.testing.assert_allclose([bar.get_height() for bar in random_bars], random_rates)
+    np.testing.assert_allclose([bar.get_height() for bar in systematic_bars], systematic_rates)
+    np.testing.assert_allclose([bar.get_y() for bar in systematic_bars], random_rates)  # stacked
+    assert systematic_bars[1].get_height() > 0 and systematic_bars[0].get_height() == 0  # only tr
+    np.testing.assert_allclose(line_by_label(ax, "asked rate").get_ydata(), [0.1, 0.2, 0.3])
+    assert ax.get_ylabel() == "train labels flipped (%)" and "resource" in ax.get_xlabel()
+    with pytest.raises(ValueError, match="noise_asked"):
+        plots.plot_label_noise(pd.DataFrame({"language": ["en"]}))
+
+
+def test_plot_padding_fraction_draws_the_mean_per_strategy_on_a_log2_axis():
+    from capo_tutorial.data import LengthGroupedBatchSampler, padding_fraction
+
+    lengths = np.random.default_rng(0).integers(5, 60, 256)
+    rows = []
+    for batch_size in (4, 16, 64):
+        for seed in range(2):
+            order = np.random.default_rng(seed).permutation(len(lengths))
+            random_batches = [order[i : i + batch_size] for i in range(0, len(lengths), batch_size)]
+            grouped = LengthGroupedBatchSampler(lengths, batch_size, seed=seed).batches()
+            for name, batches in (("random", random_batches), ("length-grouped", grouped)):
+                rows.append(
+                    {"batching": name, "batch_size": batch_size, "seed": seed,
+                     "padding": padding_fraction(batches, lengths)}
+                )  # fmt: skip
+    results = pd.DataFrame(rows)
+    fig = plots.plot_padding_fraction(results)
+    ax = fig.axes[0]
+    means = results.groupby(["batching", "batch_size"]).padding.mean()
+    for name in ("random", "length-grouped"):
+        line = line_by_label(ax, name)
+        np.testing.assert_allclose(line.get_xdata(), [4, 16, 64])
+        np.testing.assert_allclose(line.get_ydata(), means[name].to_numpy())
+    grouped, random = line_by_label(ax, "length-grouped"), line_by_label(ax, "random")
+    assert random.get_ydata().min() > grouped.get_ydata().max()
+    assert ax.get_xscale() == "log" and "batch size" in ax.get_xlabel() and "padding" in ax.get_ylabel()
+    with pytest.raises(ValueError, match="padding"):
+        plots.plot_padding_fraction(results.drop(columns="padding"))
