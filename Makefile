@@ -29,9 +29,10 @@ lint: venv
 	$(VENV)/bin/ruff format --check capo_tutorial tests benchmarks experiments
 
 # The README's test command: unit tests, then every notebook through nbmake (two at a time).
+# Two workers at a time on 2 cores: one BLAS thread each, or they fight over the cores.
 test: venv lint
-	$(PY) -m pytest tests -n 2 --dist loadgroup
-	$(PY) -m pytest --nbmake -n 2 book
+	OMP_NUM_THREADS=1 $(PY) -m pytest tests -n 2 --dist loadgroup
+	OMP_NUM_THREADS=1 $(PY) -m pytest --nbmake -n 2 book
 	$(MAKE) test-trl-matrix
 
 # TRL compatibility matrix (.ci/trl_matrix.sh): trl 0.29.1 (the oldest CAPOTrainer supports) and trl 0.24.0

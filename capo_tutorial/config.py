@@ -169,15 +169,21 @@ _RULES = [
 
 
 PROFILES: dict[str, dict[str, Any]] = {
+    # Tuned so that DPO on clean labels reaches ~0.75 test reward accuracy in ~2 minutes on 2 cores:
+    # 8 languages in 7 scripts; a 4-layer model needs ~1500 SFT steps to rank held-out pairs at all.
     "smoke": dict(
         model="tiny",
         data="testbed",
+        languages=["en", "es", "ru", "ar", "he", "th", "ja", "ko"],
+        testbed_train=3000,
+        testbed_eval=400,
+        tiny_layers=4,
         max_length=64,
         batch_size=16,
-        sft_steps=300,
+        sft_steps=1500,
         sft_learning_rate=3e-3,
-        max_steps=150,
-        learning_rate=5e-4,
+        max_steps=300,
+        learning_rate=1e-3,
         beta=0.1,
         eval_batch_size=64,
         reference="precomputed",

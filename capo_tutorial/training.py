@@ -13,6 +13,7 @@ and go to ``history.jsonl``; the final per-language evaluation goes to ``evaluat
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -330,7 +331,7 @@ def _preference_step(model, batch, config, components, accelerator) -> dict[str,
     else:
         ref_chosen, ref_rejected = components.reference.logps(batch)
     params = dict(config.loss_params)
-    if config.loss == "capo" and "strength" in batch:
+    if "strength" in batch and _accepts_strength(config.loss):
         params["strength"] = batch["strength"]
     output = preference_loss(
         config.loss,
@@ -359,6 +360,11 @@ def _preference_step(model, batch, config, components, accelerator) -> dict[str,
         "weights/min": output.weights.float().min(),
         "weights/max": output.weights.float().max(),
     }
+
+
+def _accepts_strength(loss: str) -> bool:
+    """Whether a registered loss takes a per-pair ``strength`` (CAPO does; so may a user's own loss)."""
+    return "strength" in inspect.signature(LOSSES[loss]).parameters
 
 
 def _evaluate(config: RunConfig, components: Components, accelerator: Accelerator) -> pd.DataFrame:
