@@ -7,7 +7,7 @@ A preference record is one comparison::
     rejected   str    the dispreferred completion y_l
     language   str    a BCP-47 code, normalised with langcodes ("EN" -> "en", "arb_Arab" -> "ar")
     strength   float  optional, >= 0: the data set's own confidence in the pair (annotator
-                      agreement, score gap); CAPO's prior s_i (CAPO.md), 1 when absent
+                      agreement, score gap); CAPO's prior s_i (book, chapter 2), 1 when absent
 
 Data flows one way through this module::
 

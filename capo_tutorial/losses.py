@@ -5,7 +5,7 @@ Every loss takes the same four tensors of shape (B,), the summed completion log-
 reference model, and returns a :class:`PreferenceLossOutput` of per-pair tensors. Nothing here
 touches a model, a file or a device: the caller reduces ``losses`` (usually with a mean).
 
-Notation (as in the book and ``CAPO.md``)::
+Notation (as in the book, chapters 1-2)::
 
     rho_w = log pi_theta(y_w|x) - log pi_ref(y_w|x)        (rho_l likewise)
     r_w = beta * rho_w,  r_l = beta * rho_l                 implicit rewards (reported detached)
@@ -410,7 +410,7 @@ def capo_loss(
     normalize: bool = True,
     strength: Tensor | None = None,
 ) -> PreferenceLossOutput:
-    """CAPO as this project derives it (``CAPO.md``): l_i = -w_i log sigmoid(m_i), w = stopgrad(c**gamma s).
+    """CAPO as this project derives it (book, chapter 2): l_i = -w_i log sigmoid(m_i), w = stopgrad(c**gamma s).
 
     Args:
         gamma: focusing exponent (>= 0); gamma = 0 with s = 1 is exactly DPO.
