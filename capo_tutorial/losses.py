@@ -410,7 +410,7 @@ def capo_loss(
     normalize: bool = True,
     strength: Tensor | None = None,
 ) -> PreferenceLossOutput:
-    """CAPO as this project derives it (book, chapter 2): l_i = -w_i log sigmoid(m_i), w = stopgrad(c**gamma s).
+    """CAPO as this project derives it (book, ch. 2): l_i = -w_i log sigmoid(m_i), w = stopgrad(c**gamma s).
 
     Args:
         gamma: focusing exponent (>= 0); gamma = 0 with s = 1 is exactly DPO.
