@@ -24,7 +24,8 @@ averaged over the logging interval as TRL does. TRL's entropy, logits/* and mean
 need the full logits, which this trainer does not keep, and are not logged.
 
 A dataset column ``strength`` (a float >= 0 per row: CAPO's prior strength s_i, see the book's
-chapter 2, e.g. the annotators' agreement) travels through TRL's pipeline into every loss that takes ``strength``.
+chapter 2, e.g. the annotators' agreement) travels through TRL's pipeline into every loss that
+takes ``strength``.
 
 Supported TRL versions: :data:`SUPPORTED_TRL`. TRL rewrote DPOTrainer in 0.29 (the loss moved
 inline into ``_compute_loss`` and the collator's batch became the 2B layout used here), so older
