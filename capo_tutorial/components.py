@@ -145,13 +145,15 @@ def build_components(config: RunConfig) -> Components:
         tokenizer=tokenizer,
         train_dataset=train,
         eval_dataset=evaluation,
-        collator=PreferenceCollator(tokenizer),
+        # Left padding ends every row at the last column, so the completions share the final columns
+        # and the LM head runs on ~max completion length positions instead of ~max row length.
+        collator=PreferenceCollator(tokenizer, padding_side="left"),
         train_sampler=sampler,
         reports={"train": train_report, "eval": eval_report},
     )
 
 
-_SFT_CACHE_FORMAT = 1  # bump when the SFT stage's semantics change
+_SFT_CACHE_FORMAT = 2  # bump when the SFT stage's computation changes (2: left padding)
 
 # Fields that decide what the SFT warm-up produces: equal values give identical warmed-up weights.
 _SFT_FIELDS = (
