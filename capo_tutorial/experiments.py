@@ -238,10 +238,11 @@ def _write_manifest(out_dir, command, profile, methods, seeds, noises, overrides
         "tokenizers",
         "numpy",
     ]
+    if started:  # the code that ran is the code at the start, whatever is committed meanwhile
+        manifest["commit"] = _git_commit()
     manifest.update(
         {
             "command": command or " ".join(sys.argv),
-            "commit": _git_commit(),
             "profile": profile,
             "grid": {"methods": [m.name for m in methods], "seeds": list(seeds), "noises": list(noises)},
             "overrides": overrides,
