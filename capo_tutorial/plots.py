@@ -901,3 +901,202 @@ def plot_padding_fraction(
         )
         ax.legend(title=None, loc="upper left", fontsize="small")
         return _finish(fig)
+
+
+# --------------------------------------------------------------------------------------------------
+# Chapter 4: training runs (CAPO's weights over training; flipped against clean training pairs)
+# --------------------------------------------------------------------------------------------------
+
+__all__ += ["plot_label_agreement", "plot_weight_by_label", "plot_weight_statistics"]
+
+_WEIGHT_COLUMNS = ("weights/mean", "weights/min", "weights/max")
+_LABEL_GROUPS = ((False, "clean label"), (True, "flipped label"))
+
+
+def plot_weight_statistics(
+    history: pd.DataFrame,
+    *,
+    x: str = "step",
+    hue: str | None = "method",
+    ax: Axes | None = None,
+) -> Figure:
+    """CAPO's per-pair weights during training: the batch mean as a line, the min-max range as a band.
+
+    Args:
+        history: training history with the columns ``weights/mean``, ``weights/min`` and
+            ``weights/max`` that ``capo_tutorial.training`` logs (each averaged over the logging
+            interval), a column ``x`` and, optionally, ``hue`` telling runs apart; rows without the
+            weight columns (evaluation rows, the SFT stage) are skipped.
+        x: the optimizer-step column.
+        hue: the column naming the run (None: one run).
+        ax: draw into this axes.
+
+    Returns:
+        The figure; its axes holds one line per run (label = the run, y = weights/mean) and one
+        filled band per run between weights/min and weights/max (``ax.collections``), in order of
+        first appearance.
+    """
+    missing = {x, *_WEIGHT_COLUMNS, *([hue] if hue else [])} - set(history.columns)
+    if missing:
+        raise ValueError(f"history lacks the columns {sorted(missing)}; it has {list(history.columns)}")
+    rows = history.dropna(subset=list(_WEIGHT_COLUMNS))
+    runs = list(dict.fromkeys(rows[hue].astype(str))) if hue else ["weights"]
+    palette = method_palette(runs)
+    with house_style():
+        fig, ax = _new_axes(ax, (7.0, 3.6))
+        _guide_line(ax, y=1.0)
+        # Dashes from the second run on: runs whose weights are all 1 (DPO) stay visible under CAPO's.
+        for index, run in enumerate(runs):
+            part = rows[rows[hue].astype(str) == run] if hue else rows
+            part = part.sort_values(x)
+            steps = part[x].to_numpy(float)
+            ax.fill_between(
+                steps,
+                part["weights/min"].to_numpy(float),
+                part["weights/max"].to_numpy(float),
+                color=palette[run],
+                alpha=0.22,
+                linewidth=0,
+                label=f"_{run} min-max",
+            )
+            ax.plot(
+                steps,
+                part["weights/mean"].to_numpy(float),
+                color=palette[run],
+                linewidth=2,
+                linestyle=("-", "--", "-.", ":")[index % 4],
+                label=run,
+            )
+        ax.set(
+            xlabel="optimizer step" if x == "step" else x,
+            ylabel="per-pair weight w_i (dimensionless)",
+            ylim=(0, None),
+        )
+        ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize="small")
+        return _finish(fig)
+
+
+def _label_groups(table: pd.DataFrame, flipped: str) -> list[tuple[str, pd.DataFrame]]:
+    """(name, rows) for the clean and the flipped pairs of ``table``, skipping an empty group."""
+    is_flipped = table[flipped].astype(bool)
+    groups = [(name, table[is_flipped == value]) for value, name in _LABEL_GROUPS]
+    return [(name, rows) for name, rows in groups if len(rows)]
+
+
+def plot_weight_by_label(
+    table: pd.DataFrame,
+    *,
+    weight: str = "weight",
+    flipped: str = "flipped",
+    bins: int | Sequence[float] = 20,
+    xlabel: str = "CAPO weight c^γ before batch normalisation (dimensionless)",
+    ax: Axes | None = None,
+) -> Figure:
+    """Histogram of a per-pair weight (or any score) for pairs with a clean and with a flipped label.
+
+    Each group is normalised to 100%, so that a small flipped group stays visible beside a large
+    clean one.
+
+    Args:
+        table: one row per training pair with a numeric column ``weight`` and a boolean column
+            ``flipped`` (the testbed's ground truth: True where the label was flipped).
+        bins: the number of equal-width bins over the weights' range, or the bin edges.
+        xlabel: the x-axis label (with units).
+        ax: draw into this axes.
+
+    Returns:
+        The figure; its axes holds one bar container per group ("clean label", "flipped label",
+        bars side by side), bar heights in percent of the group's pairs.
+    """
+    missing = {weight, flipped} - set(table.columns)
+    if missing:
+        raise ValueError(f"table lacks the columns {sorted(missing)}; it has {list(table.columns)}")
+    groups = _label_groups(table, flipped)
+    edges = np.histogram_bin_edges(table[weight].to_numpy(float), bins=bins)
+    width = np.diff(edges) / (len(groups) + 0.5)
+    colours = {
+        "clean label": sns.color_palette("colorblind")[0],
+        "flipped label": sns.color_palette("colorblind")[3],
+    }
+    with house_style():
+        fig, ax = _new_axes(ax, (7.0, 3.6))
+        for index, (name, rows) in enumerate(groups):
+            counts, _ = np.histogram(rows[weight].to_numpy(float), bins=edges)
+            ax.bar(
+                edges[:-1] + (index + 0.25) * width,
+                100.0 * counts / len(rows),
+                width=width,
+                align="edge",
+                color=colours[name],
+                label=f"{name} (n = {len(rows)})",
+            )
+        ax.set(xlabel=xlabel, ylabel="pairs of the group (%)")
+        ax.legend(loc="upper left", fontsize="small")
+        return _finish(fig)
+
+
+def plot_label_agreement(
+    tables: Mapping[str, pd.DataFrame],
+    *,
+    correct: str = "correct",
+    flipped: str = "flipped",
+    ylabel: str = "training pairs ranked as labelled (%)",
+    ax: Axes | None = None,
+) -> Figure:
+    """How often each model ranks training pairs the way their (possibly flipped) label says.
+
+    On clean pairs this is fitting the data; on flipped pairs it is memorising the noise. Bars show
+    the share with a 95% Wilson interval (:func:`capo_tutorial.metrics.wilson_interval`).
+
+    Args:
+        tables: model name -> one row per training pair with a boolean ``correct`` (the model
+            ranks the labelled chosen response first) and a boolean ``flipped``.
+        ylabel: the y-axis label.
+        ax: draw into this axes.
+
+    Returns:
+        The figure; its axes holds one bar container per model (label = the name), one bar per group
+        ("clean label", then "flipped label"), heights in percent.
+    """
+    from capo_tutorial.metrics import wilson_interval
+
+    for name, table in tables.items():
+        missing = {correct, flipped} - set(table.columns)
+        if missing:
+            raise ValueError(f"table {name!r} lacks the columns {sorted(missing)}")
+    group_names = [name for _, name in _LABEL_GROUPS]
+    palette = method_palette(list(tables))
+    width = 0.8 / max(len(tables), 1)
+    positions = np.arange(len(group_names))
+    with house_style():
+        fig, ax = _new_axes(ax, (6.4, 3.8))
+        for index, (model, table) in enumerate(tables.items()):
+            groups = dict(_label_groups(table, flipped))
+            shares, errors = [], []
+            for group in group_names:
+                rows = groups.get(group)
+                if rows is None:
+                    shares.append(np.nan)
+                    errors.append((0.0, 0.0))
+                    continue
+                wins = int(rows[correct].astype(bool).sum())
+                low, high = wilson_interval(wins, len(rows))
+                share = wins / len(rows)
+                shares.append(100 * share)
+                errors.append((100 * (share - low), 100 * (high - share)))
+            bars = ax.bar(
+                positions + (index - (len(tables) - 1) / 2) * width,
+                shares,
+                width=width,
+                yerr=np.array(errors).T,
+                color=palette[model],
+                capsize=2,
+                error_kw={"linewidth": 0.8},
+                label=model,
+            )
+            shown = ["" if np.isnan(share) else f"{share:.0f}" for share in shares]
+            ax.bar_label(bars, labels=shown, padding=2, fontsize="x-small")
+        ax.set_xticks(positions, group_names)
+        ax.set(xlabel="training pairs", ylabel=ylabel, ylim=(0, 109))
+        ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize="small")
+        return _finish(fig)

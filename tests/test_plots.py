@@ -407,3 +407,93 @@ def test_plot_padding_fraction_draws_the_mean_per_strategy_on_a_log2_axis():
     assert ax.get_xscale() == "log" and "batch size" in ax.get_xlabel() and "padding" in ax.get_ylabel()
     with pytest.raises(ValueError, match="padding"):
         plots.plot_padding_fraction(results.drop(columns="padding"))
+
+
+# --- chapter 4: training runs ----------------------------------------------------------------------
+
+
+def weight_history():
+    rows = []
+    for method, spread in [("dpo", 0.0), ("capo", 0.5)]:
+        for step in range(10, 60, 10):
+            rows.append(
+                {"method": method, "stage": "preference", "step": step, "weights/mean": 1.0,
+                 "weights/min": 1.0 - spread, "weights/max": 1.0 + spread + step / 100}
+            )  # fmt: skip
+        rows.append({"method": method, "stage": "preference", "step": 50, "eval_rewards/accuracies": 0.7})
+    return pd.DataFrame(rows)
+
+
+def test_plot_weight_statistics_draws_the_mean_and_a_min_max_band_per_run():
+    history = weight_history()
+    fig = plots.plot_weight_statistics(history)
+    ax = fig.axes[0]
+    assert [line.get_label() for line in data_lines(ax)] == ["dpo", "capo"]
+    capo = history[(history.method == "capo")].dropna(subset=["weights/max"])
+    np.testing.assert_allclose(line_by_label(ax, "capo").get_xdata(), capo.step)
+    np.testing.assert_allclose(line_by_label(ax, "capo").get_ydata(), capo["weights/mean"])
+    assert len(ax.collections) == 2  # one band per run
+    band = ax.collections[1].get_paths()[0].vertices
+    assert band[:, 1].min() == pytest.approx(capo["weights/min"].min())
+    assert band[:, 1].max() == pytest.approx(capo["weights/max"].max())
+    assert ax.get_xlabel() == "optimizer step" and "weight" in ax.get_ylabel()
+    assert "dimensionless" in ax.get_ylabel()
+    with pytest.raises(ValueError, match="weights/min"):
+        plots.plot_weight_statistics(history.drop(columns="weights/min"))
+
+
+def flipped_table(seed=0, n=400, share=0.2):
+    rng = np.random.default_rng(seed)
+    flipped = rng.random(n) < share
+    weight = np.where(flipped, rng.uniform(0.0, 0.5, n), rng.uniform(0.3, 1.0, n))
+    correct = np.where(flipped, rng.random(n) < 0.3, rng.random(n) < 0.9)
+    return pd.DataFrame({"weight": weight, "flipped": flipped, "correct": correct})
+
+
+def test_plot_weight_by_label_normalises_each_group_to_100_percent():
+    table = flipped_table()
+    edges = np.linspace(0, 1, 11)
+    fig = plots.plot_weight_by_label(table, bins=edges)
+    ax = fig.axes[0]
+    containers = [c for c in ax.containers if isinstance(c, BarContainer)]
+    counts = table.flipped.value_counts()
+    assert [c.get_label() for c in containers] == [
+        f"clean label (n = {counts[False]})",
+        f"flipped label (n = {counts[True]})",
+    ]
+    for container, is_flipped in zip(containers, [False, True]):
+        heights = np.array([bar.get_height() for bar in container.patches])
+        expected, _ = np.histogram(table.weight[table.flipped == is_flipped], bins=edges)
+        np.testing.assert_allclose(heights, 100 * expected / expected.sum())
+    assert "dimensionless" in ax.get_xlabel() and "%" in ax.get_ylabel()
+    with pytest.raises(ValueError, match="flipped"):
+        plots.plot_weight_by_label(table.drop(columns="flipped"))
+
+
+def test_plot_label_agreement_bars_are_shares_with_wilson_intervals():
+    dpo, capo = flipped_table(1), flipped_table(2)
+    fig = plots.plot_label_agreement({"dpo": dpo, "capo": capo})
+    ax = fig.axes[0]
+    bars = [c for c in ax.containers if isinstance(c, BarContainer)]
+    assert [c.get_label() for c in bars] == ["dpo", "capo"]
+    assert [tick.get_text() for tick in ax.get_xticklabels()] == ["clean label", "flipped label"]
+    for container, table in zip(bars, [dpo, capo]):
+        heights = [bar.get_height() for bar in container.patches]
+        expected = [100 * table.correct[table.flipped == value].mean() for value in (False, True)]
+        np.testing.assert_allclose(heights, expected)
+    flipped_rows = capo[capo.flipped]
+    low, high = metrics.wilson_interval(int(flipped_rows.correct.sum()), len(flipped_rows))
+    error_bars = [c for c in ax.containers if isinstance(c, ErrorbarContainer)][1]
+    segment = error_bars.lines[2][0].get_segments()[1]  # capo's bar over the flipped pairs
+    np.testing.assert_allclose(segment[:, 1], [100 * low, 100 * high])
+    assert ax.get_ylabel() == "training pairs ranked as labelled (%)"
+    with pytest.raises(ValueError, match="correct"):
+        plots.plot_label_agreement({"dpo": dpo.drop(columns="correct")})
+
+
+def test_plot_label_agreement_leaves_an_empty_group_blank():
+    clean_only = flipped_table().assign(flipped=False)
+    fig = plots.plot_label_agreement({"dpo": clean_only})
+    (bars,) = [c for c in fig.axes[0].containers if isinstance(c, BarContainer)]
+    heights = [bar.get_height() for bar in bars.patches]
+    assert heights[0] == pytest.approx(100 * clean_only.correct.mean()) and np.isnan(heights[1])
