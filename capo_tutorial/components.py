@@ -39,7 +39,7 @@ from capo_tutorial.models import (
     load_pretrained,
     tiny_model_and_tokenizer,
 )
-from capo_tutorial.reference import Reference, precompute_reference_logps
+from capo_tutorial.reference import REFERENCE_COLUMNS, Reference, precompute_reference_logps
 from capo_tutorial.testbed import make_testbed
 
 __all__ = [
@@ -193,13 +193,18 @@ def _warmup_key(config: RunConfig, model: nn.Module, train: datasets.Dataset) ->
     tokens, and the initial weights (so a change to the testbed, tokenizer or model code misses)."""
     digest = hashlib.sha256(f"{__version__}:{_SFT_CACHE_FORMAT}".encode())
     digest.update(json.dumps({name: getattr(config, name) for name in _SFT_FIELDS}, sort_keys=True).encode())
-    for column in ("prompt_input_ids", "chosen_input_ids", "rejected_input_ids"):
-        table = train.with_format("arrow")[column]
-        digest.update(np.asarray(table.combine_chunks().flatten()).tobytes())
-        digest.update(np.asarray(pc.list_value_length(table)).tobytes())
+    _hash_tokens(digest, train)
     for parameter in model.parameters():
         digest.update(parameter.detach().cpu().float().numpy().tobytes())
     return digest.hexdigest()[:24]
+
+
+def _hash_tokens(digest, dataset: datasets.Dataset) -> None:
+    """Feed a tokenized data set's exact token ids (and row boundaries) to a hashlib digest."""
+    for column in ("prompt_input_ids", "chosen_input_ids", "rejected_input_ids"):
+        table = dataset.with_format("arrow")[column]
+        digest.update(np.asarray(table.combine_chunks().flatten()).tobytes())
+        digest.update(np.asarray(pc.list_value_length(table)).tobytes())
 
 
 def reference_weights_path(config: RunConfig, components: Components) -> Path:
@@ -249,9 +254,14 @@ def _save_full_state(model: nn.Module, path: Path) -> None:
         if tensor.data_ptr() not in seen:  # safetensors refuses two names for one memory
             seen.add(tensor.data_ptr())
             state[name] = tensor.detach().cpu().contiguous()
+    _save_atomically(state, path)
+
+
+def _save_atomically(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """safetensors to a temporary name, then a rename: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file(state, str(temporary))
+    save_file(tensors, str(temporary))
     os.replace(temporary, path)
 
 
@@ -267,13 +277,24 @@ def _load_full_state(model: nn.Module, path: Path) -> None:
 
 
 def _precompute(config: RunConfig, components: Components, device: torch.device) -> None:
+    """Reference log-probs of the train and eval pairs; with the SFT cache on, they are cached too
+    (every method trained from the same warm-up shares them)."""
     model = components.model.to(device)
     for name in ("train_dataset", "eval_dataset"):
-        dataset = precompute_reference_logps(
-            model,
-            getattr(components, name),
-            components.collator,
-            batch_size=config.eval_batch_size,
-            device=device,
-        )
+        dataset = getattr(components, name)
+        digest = hashlib.sha256(components.warmup_key.encode())
+        _hash_tokens(digest, dataset)
+        cached = cache_root() / "reference-logps" / f"{digest.hexdigest()[:24]}.safetensors"
+        if config.sft_cache and cached.exists():
+            logps = load_file(str(cached))
+            dataset = dataset.add_column(REFERENCE_COLUMNS[0], logps["chosen"].tolist())
+            dataset = dataset.add_column(REFERENCE_COLUMNS[1], logps["rejected"].tolist())
+        else:
+            dataset = precompute_reference_logps(
+                model, dataset, components.collator, batch_size=config.eval_batch_size, device=device
+            )
+            if config.sft_cache:
+                _save_atomically(
+                    {c.split("_")[1]: torch.tensor(dataset[c][:]) for c in REFERENCE_COLUMNS}, cached
+                )
         setattr(components, name, dataset)

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from capo_tutorial.logprobs import concatenated_logps
 from capo_tutorial.models import frozen_copy, reference_context
 
-__all__ = ["REFERENCE_MODES", "Reference", "precompute_reference_logps"]
+__all__ = ["REFERENCE_COLUMNS", "REFERENCE_MODES", "Reference", "precompute_reference_logps"]
 
 REFERENCE_MODES = ("copy", "adapter", "precomputed")
 REFERENCE_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")

@@ -205,3 +205,16 @@ def test_precomputed_reference_needs_its_columns(tmp_path):
         Reference("precomputed", components.model).logps(batch)
     with pytest.raises(ValueError, match="needs a LoRA"):
         Reference("adapter", components.model)
+
+
+def test_a_second_run_reuses_the_cached_warm_up_and_gets_the_same_result(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CAPO_CACHE", str(tmp_path / "cache"))
+    first = train(tiny_config(tmp_path / "a", sft_cache=True))
+    second = train(tiny_config(tmp_path / "b", sft_cache=True))
+    assert "reusing the SFT warm-up" in capsys.readouterr().out
+    assert "sft" not in second.seconds
+    assert len(list((tmp_path / "cache" / "sft").glob("*.safetensors"))) == 1
+    assert len(list((tmp_path / "cache" / "reference-logps").glob("*.safetensors"))) == 2  # train + eval
+    pd.testing.assert_frame_equal(first.evaluation, second.evaluation)
+    other_seed = train(tiny_config(tmp_path / "c", sft_cache=True, seed=1))
+    assert "sft" in other_seed.seconds, "another seed is another warm-up"
