@@ -969,7 +969,7 @@ def plot_weight_statistics(
             )
         ax.set(
             xlabel="optimizer step" if x == "step" else x,
-            ylabel="per-pair weight w_i (dimensionless)",
+            ylabel=r"per-pair weight $w_i$ (dimensionless)",
             ylim=(0, None),
         )
         ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize="small")
@@ -989,7 +989,7 @@ def plot_weight_by_label(
     weight: str = "weight",
     flipped: str = "flipped",
     bins: int | Sequence[float] = 20,
-    xlabel: str = "CAPO weight c^γ before batch normalisation (dimensionless)",
+    xlabel: str = r"CAPO weight $c^{\gamma}$ before batch normalisation (dimensionless)",
     ax: Axes | None = None,
 ) -> Figure:
     """Histogram of a per-pair weight (or any score) for pairs with a clean and with a flipped label.
