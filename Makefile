@@ -51,7 +51,7 @@ _build/.package-stamp: $(PKG_SOURCES)
 	mkdir -p _build && touch $@
 
 book: venv _build/.package-stamp
-	$(VENV)/bin/jupyter-book build . --warningiserror --keep-going --path-output .
+	OMP_NUM_THREADS=1 $(VENV)/bin/jupyter-book build . --warningiserror --keep-going --path-output .
 
 clean:
 	rm -rf _build .pytest_cache .ruff_cache .venv-trl-*

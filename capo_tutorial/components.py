@@ -191,7 +191,9 @@ _SFT_FIELDS = (
 def _warmup_key(config: RunConfig, model: nn.Module, train: datasets.Dataset) -> str:
     """A hash of everything the SFT warm-up's result depends on: its settings, the exact training
     tokens, and the initial weights (so a change to the testbed, tokenizer or model code misses)."""
-    digest = hashlib.sha256(f"{__version__}:{_SFT_CACHE_FORMAT}".encode())
+    # Data-parallel processes each see batch_size pairs per step: the world size changes the result.
+    world_size = os.environ.get("WORLD_SIZE", "1")
+    digest = hashlib.sha256(f"{__version__}:{_SFT_CACHE_FORMAT}:{world_size}".encode())
     digest.update(json.dumps({name: getattr(config, name) for name in _SFT_FIELDS}, sort_keys=True).encode())
     _hash_tokens(digest, train)
     for parameter in model.parameters():

@@ -58,7 +58,10 @@ def score_pairs(
     if accelerator is not None:
         loader = accelerator.prepare(loader)
     pieces = []
+    device = next(model.parameters()).device
     for batch in loader:
+        if accelerator is None:  # a prepared loader places batches itself
+            batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         piece = _score_batch(model, reference, batch, beta, reference_free)
         if accelerator is not None:
             piece = accelerator.gather_for_metrics(piece)

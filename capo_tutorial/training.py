@@ -233,7 +233,8 @@ def _run_stage(stage, config, components, accelerator, logger, progress, resume_
         progress.step += 1
         logger.record(metrics, progress, scheduler.get_last_lr()[0])
         _maybe_checkpoint(config, progress, total_steps, accelerator, model, optimizer, scheduler, logger)
-        if config.eval_every and progress.step % config.eval_every == 0 and stage == "preference":
+        periodic = config.eval_every and progress.step % config.eval_every == 0
+        if periodic and stage == "preference" and progress.step < total_steps:  # the end has its own
             logger.log_evaluation(_evaluate(config, components, accelerator), progress)
         if progress.step >= total_steps:
             break
