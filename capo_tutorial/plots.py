@@ -1100,3 +1100,355 @@ def plot_label_agreement(
         ax.set(xlabel="training pairs", ylabel=ylabel, ylim=(0, 109))
         ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize="small")
         return _finish(fig)
+
+
+# --------------------------------------------------------------------------------------------------
+# Chapters 5 and 6: experiment grids (seeds reduced to mean and spread; paired differences; sweeps)
+# --------------------------------------------------------------------------------------------------
+
+__all__ += [
+    "plot_difference_heatmap",
+    "plot_metric_by_language",
+    "plot_noise_panels",
+    "plot_paired_differences",
+    "plot_sweep",
+]
+
+_SPREADS = {"sd": "± standard deviation", "range": "min–max"}
+
+
+def _language_order(values: Sequence[str]) -> list[str]:
+    """Languages sorted, the pooled "all" last."""
+    languages = sorted({str(value) for value in values} - {"all"})
+    return [*languages, "all"] if "all" in set(map(str, values)) else languages
+
+
+def _spread(values: pd.Series, spread: str) -> tuple[float, float]:
+    """(below, above) the mean: one standard deviation each way, or the distance to min and max."""
+    mean = float(values.mean())
+    if spread == "range":
+        return mean - float(values.min()), float(values.max()) - mean
+    deviation = float(values.std()) if len(values) > 1 else 0.0
+    return deviation, deviation
+
+
+def _check_spread(spread: str) -> None:
+    if spread not in _SPREADS:
+        raise ValueError(f"spread is one of {sorted(_SPREADS)}; got {spread!r}")
+
+
+def _level_palette(levels: Sequence[Any]) -> dict[Any, tuple[float, float, float]]:
+    """Colours for a hue: the method palette for method names, a sequential palette for numbers."""
+    if levels and all(isinstance(level, (int, float, np.number)) for level in levels):
+        return dict(zip(levels, sns.color_palette("crest", len(levels))))
+    return {level: colour for level, colour in zip(levels, method_palette([str(v) for v in levels]).values())}
+
+
+def plot_metric_by_language(
+    runs: pd.DataFrame,
+    *,
+    y: str = "accuracy",
+    x: str = "language",
+    hue: str = "method",
+    spread: str = "sd",
+    ylabel: str = "reward accuracy on clean test pairs (fraction)",
+    chance: float | None = 0.5,
+    ax: Axes | None = None,
+) -> Figure:
+    """Mean over seeds of ``y`` per language (bars), its spread (error bars) and each seed (dots).
+
+    Args:
+        runs: one row per run and language (the tidy rows of a grid, one margin class), with the
+            columns ``x``, ``y``, ``hue`` and seed. The pooled language "all" is drawn last.
+        spread: "sd" (± one standard deviation over seeds) or "range" (min to max).
+        ylabel: the y-axis label, with units (e.g. "reward margin (nats)").
+        chance: draw a dotted line at this value (None: none).
+        ax: draw into this axes.
+
+    Returns:
+        The figure; its axes holds one bar container per hue level (label = the level, bar heights
+        the means, in the order of the x-axis), in order of first appearance.
+    """
+    _check_spread(spread)
+    missing = {x, y, hue, "seed"} - set(runs.columns)
+    if missing:
+        raise ValueError(f"runs lacks the columns {sorted(missing)}; it has {list(runs.columns)}")
+    rows = runs.dropna(subset=[y])
+    categories = _language_order(rows[x]) if x == "language" else list(dict.fromkeys(rows[x].astype(str)))
+    levels = list(dict.fromkeys(rows[hue]))
+    palette = _level_palette(levels)
+    width = 0.8 / max(len(levels), 1)
+    positions = np.arange(len(categories))
+    with house_style():
+        size = (max(6.0, 0.5 * len(categories) * max(1.0, len(levels) ** 0.6) + 2.5), 3.9)
+        fig, ax = _new_axes(ax, size)
+        for index, level in enumerate(levels):
+            part = rows[rows[hue] == level]
+            offset = (index - (len(levels) - 1) / 2) * width
+            means, errors = [], []
+            for category in categories:
+                values = part[part[x].astype(str) == category][y]
+                means.append(float(values.mean()) if len(values) else np.nan)
+                errors.append(_spread(values, spread) if len(values) else (0.0, 0.0))
+                ax.scatter(
+                    np.full(len(values), positions[categories.index(category)] + offset),
+                    values.to_numpy(float),
+                    s=9,
+                    color="0.15",
+                    alpha=0.55,
+                    zorder=3,
+                    label="_seeds",
+                )
+            ax.bar(
+                positions + offset,
+                means,
+                width=width,
+                yerr=np.array(errors).T,
+                color=palette[level],
+                capsize=2,
+                error_kw={"linewidth": 0.8},
+                label=str(level),
+            )
+        if chance is not None:
+            _guide_line(ax, y=chance)
+        ax.set_xticks(positions, categories)
+        ax.set(xlabel=x if x != "language" else "language (all = pooled)", ylabel=ylabel)
+        ax.legend(
+            loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize="small",
+            title=f"bars: mean over seeds\nerror bars: {_SPREADS[spread]}\ndots: seeds",
+        )  # fmt: skip
+        ax.get_legend().get_title().set_fontsize("x-small")
+        return _finish(fig)
+
+
+def plot_paired_differences(
+    differences: pd.DataFrame,
+    *,
+    x: str = "method",
+    y: str = "difference",
+    hue: str | None = "noise",
+    scale: float = 100.0,
+    spread: str = "sd",
+    ylabel: str = "reward accuracy − DPO's, same seed (points)",
+    hue_format: str = "{:.0%} flipped",
+    ax: Axes | None = None,
+) -> Figure:
+    """Paired differences from a baseline: one dot per seed, the mean with its spread, per category.
+
+    Args:
+        differences: the table of ``capo_tutorial.analysis.paired_differences`` (columns ``x``,
+            ``y``, ``hue``): one row per seed and cell.
+        x: the categories along the x-axis (e.g. the method), in order of first appearance.
+        hue: a column that splits each category (e.g. the noise rate), dodged; None: no split.
+        scale: multiply the differences by this (100: fractions to percentage points).
+        spread: "sd" or "range" for the error bars.
+        ylabel: the y-axis label, with units.
+        hue_format: formats a numeric hue level for the legend.
+        ax: draw into this axes.
+
+    Returns:
+        The figure; its axes holds one error-bar container per hue level (label = the formatted
+        level), whose points are the scaled means in the order of the categories.
+    """
+    _check_spread(spread)
+    missing = {x, y, *([hue] if hue else [])} - set(differences.columns)
+    if missing:
+        raise ValueError(
+            f"differences lacks the columns {sorted(missing)}; it has {list(differences.columns)}"
+        )
+    data = differences.dropna(subset=[y])
+    categories = list(dict.fromkeys(data[x].astype(str)))
+    levels = list(dict.fromkeys(data[hue])) if hue else [None]
+    palette = _level_palette(levels) if hue else {None: sns.color_palette("colorblind")[0]}
+    step = 0.7 / max(len(levels), 1)
+    with house_style():
+        fig, ax = _new_axes(ax, (max(6.0, 0.75 * len(categories) * max(1.0, len(levels) ** 0.5) + 2.5), 3.9))
+        _guide_line(ax, y=0.0)
+        for index, level in enumerate(levels):
+            part = data if level is None else data[data[hue] == level]
+            offset = (index - (len(levels) - 1) / 2) * step
+            means, errors, positions = [], [], []
+            for position, category in enumerate(categories):
+                values = scale * part[part[x].astype(str) == category][y]
+                if not len(values):
+                    continue
+                jitter = np.linspace(-0.25, 0.25, len(values)) * step if len(values) > 1 else np.zeros(1)
+                ax.scatter(position + offset + jitter, values, s=12, color=palette[level], alpha=0.45,
+                           label="_seeds")  # fmt: skip
+                positions.append(position + offset)
+                means.append(float(values.mean()))
+                errors.append(_spread(values, spread))
+            if level is None:
+                label = f"mean {_SPREADS[spread]}"
+            elif isinstance(level, (int, float, np.number)):
+                label = hue_format.format(level)
+            else:
+                label = str(level)
+            ax.errorbar(
+                np.asarray(positions, float), np.asarray(means, float),
+                yerr=np.array(errors, float).T.reshape(2, -1), color=palette[level],
+                marker="D", markersize=5, linestyle="none", capsize=3, label=label,
+            )  # fmt: skip
+        ax.set_xticks(np.arange(len(categories)), categories)
+        ax.set(xlabel=x, ylabel=ylabel)
+        if len(categories) > 6 or max(map(len, categories), default=0) > 8:
+            ax.tick_params(axis="x", labelrotation=30)
+            for label in ax.get_xticklabels():
+                label.set_horizontalalignment("right")
+        ax.legend(
+            loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize="small",
+            title=f"diamonds: mean {_SPREADS[spread]}\ndots: seeds",
+        )  # fmt: skip
+        ax.get_legend().get_title().set_fontsize("x-small")
+        return _finish(fig)
+
+
+def plot_difference_heatmap(
+    table: pd.DataFrame,
+    *,
+    colorbar_label: str = "reward accuracy − DPO's (points)",
+    fmt: str = "+.1f",
+    center: float = 0.0,
+    cmap: str = "vlag_r",
+    xlabel: str = "language",
+    ylabel: str = "method",
+    ax: Axes | None = None,
+) -> Figure:
+    """A grid of differences (e.g. methods x languages), coloured around ``center`` and annotated.
+
+    Args:
+        table: a wide DataFrame (index: rows, columns: columns), e.g. the mean paired difference from
+            DPO in points per method and language; NaN cells stay blank.
+        colorbar_label: the colour bar's label, with units.
+        fmt: the format of the annotations.
+        center: the value drawn white; the colour scale is symmetric around it.
+        cmap: a diverging colour map (the default is blue above the centre, red below).
+        ax: draw into this axes.
+
+    Returns:
+        The figure; its first axes holds the heatmap (one annotation per finite cell).
+    """
+    import warnings
+
+    values = table.to_numpy(float)
+    if not np.isfinite(values).any():
+        raise ValueError("the table has no finite value to draw")
+    limit = float(np.nanmax(np.abs(values - center))) or 1.0
+    with house_style():
+        fig, ax = _new_axes(ax, (0.75 * table.shape[1] + 3.2, 0.42 * table.shape[0] + 1.6))
+        with warnings.catch_warnings():  # seaborn 0.13 calls Colormap.set_bad, deprecated in matplotlib 3.11
+            warnings.simplefilter("ignore", PendingDeprecationWarning)
+            sns.heatmap(
+                table.astype(float), ax=ax, annot=True, fmt=fmt, center=center, cmap=cmap,
+                vmin=center - limit, vmax=center + limit, linewidths=0.5, linecolor="white",
+                cbar_kws={"label": colorbar_label}, annot_kws={"fontsize": "small"},
+            )  # fmt: skip
+        ax.set(xlabel=xlabel, ylabel=ylabel)
+        ax.tick_params(axis="y", labelrotation=0)
+        return _finish(fig)
+
+
+def plot_sweep(
+    runs: pd.DataFrame,
+    *,
+    y: str = "accuracy",
+    variant: str = "method",
+    hue: str = "noise",
+    baseline: str | None = "dpo",
+    highlight: str | None = None,
+    xlabel: str = "reward accuracy on clean validation pairs (fraction)",
+    ax: Axes | None = None,
+) -> Figure:
+    """A sweep of variants: one horizontal bar per variant and hue level (e.g. noise rate).
+
+    Seeds, if several, are averaged. The baseline's value at each hue level is drawn as a vertical
+    dashed line in that level's colour; the ``highlight`` variant's tick label is set in bold.
+
+    Args:
+        runs: one row per run (columns ``variant``, ``hue``, ``y``).
+        baseline: the variant drawn as lines rather than bars (None: none).
+        highlight: a variant to mark (e.g. the chosen default).
+        xlabel: the x-axis label, with units.
+        ax: draw into this axes.
+
+    Returns:
+        The figure; its axes holds one bar container per hue level (label e.g. "20% flipped"), bars
+        in the order of the variants from top to bottom (first appearance, baseline left out).
+    """
+    missing = {y, variant, hue} - set(runs.columns)
+    if missing:
+        raise ValueError(f"runs lacks the columns {sorted(missing)}; it has {list(runs.columns)}")
+    means = runs.groupby([variant, hue], sort=False)[y].mean()
+    variants = [v for v in dict.fromkeys(runs[variant].astype(str)) if v != baseline]
+    levels = list(dict.fromkeys(runs[hue]))
+    palette = _level_palette(levels)
+    height = 0.8 / max(len(levels), 1)
+    positions = np.arange(len(variants))
+
+    def level_label(level: Any) -> str:
+        return f"{level:.0%} flipped" if isinstance(level, (float, np.floating)) else str(level)
+
+    with house_style():
+        fig, ax = _new_axes(ax, (8.0, 0.38 * len(variants) * max(1.0, len(levels) ** 0.7) + 1.6))
+        for index, level in enumerate(levels):
+            widths = [means.get((name, level), np.nan) for name in variants]
+            offset = (index - (len(levels) - 1) / 2) * height
+            bars = ax.barh(
+                positions + offset, widths, height=height, color=palette[level], label=level_label(level)
+            )
+            ax.bar_label(bars, fmt="%.3f", padding=2, fontsize="x-small")
+            if baseline is not None and (baseline, level) in means.index:
+                ax.axvline(
+                    means[(baseline, level)], color=palette[level], linestyle="--", linewidth=1.2,
+                    label=f"{baseline}, {level_label(level)}",
+                )  # fmt: skip
+        ax.set_yticks(positions, variants)
+        ax.set_ylim(len(variants) - 0.5, -0.5)  # first variant on top
+        if highlight is not None and highlight in variants:
+            ax.get_yticklabels()[variants.index(highlight)].set_fontweight("bold")
+        finite = means.to_numpy(float)
+        finite = finite[np.isfinite(finite)]
+        low = max(0.0, float(finite.min()) - 0.08) if finite.size else 0.0
+        ax.set(xlabel=xlabel, ylabel=variant, xlim=(low, min(1.0, float(finite.max()) + 0.08)))
+        ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize="small")
+        return _finish(fig)
+
+
+def plot_noise_panels(
+    results: pd.DataFrame,
+    *,
+    panel: str = "margin_class",
+    panels: Sequence[Any] | None = None,
+    titles: Mapping[Any, str] | None = None,
+    y: str = "accuracy",
+    hue: str = "method",
+    ylabel: str = "reward accuracy on clean test pairs",
+    sharey: bool = True,
+) -> Figure:
+    """:func:`plot_accuracy_vs_noise` once per value of ``panel`` (e.g. low- and high-margin pairs).
+
+    Args:
+        results: one row per run and panel value (columns noise, seed, ``y``, ``hue``, ``panel``).
+        panels: the panel values, left to right (default: order of first appearance).
+        titles: a title per panel value (default: "panel = value").
+        ylabel: the y-axis label of the first panel, with units.
+        sharey: one y-scale for every panel.
+
+    Returns:
+        The figure; one axes per panel, each as :func:`plot_accuracy_vs_noise` draws it; the legend
+        only beside the last.
+    """
+    missing = {panel, y, hue, "noise"} - set(results.columns)
+    if missing:
+        raise ValueError(f"results lacks the columns {sorted(missing)}; it has {list(results.columns)}")
+    values = list(panels) if panels is not None else list(dict.fromkeys(results[panel]))
+    with house_style():
+        fig, axes = plt.subplots(1, len(values), figsize=(4.4 * len(values) + 2.4, 3.9), sharey=sharey)
+        for index, (ax, value) in enumerate(zip(np.atleast_1d(axes), values)):
+            plot_accuracy_vs_noise(results[results[panel] == value], y=y, hue=hue, ylabel=ylabel, ax=ax)
+            ax.set_title((titles or {}).get(value, f"{panel} = {value}"))
+            if index:
+                ax.set_ylabel("")
+            if index < len(values) - 1:
+                ax.get_legend().remove()
+        return _finish(fig)

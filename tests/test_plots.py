@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from matplotlib.collections import PathCollection
 from matplotlib.container import BarContainer, ErrorbarContainer
 from matplotlib.figure import Figure
 
@@ -497,3 +498,132 @@ def test_plot_label_agreement_leaves_an_empty_group_blank():
     (bars,) = [c for c in fig.axes[0].containers if isinstance(c, BarContainer)]
     heights = [bar.get_height() for bar in bars.patches]
     assert heights[0] == pytest.approx(100 * clean_only.correct.mean()) and np.isnan(heights[1])
+
+
+# --- chapters 5 and 6: experiment grids ------------------------------------------------------------
+
+
+def grid_rows(methods=("dpo", "capo"), seeds=(0, 1, 2), noises=(0.0, 0.2), languages=("en", "ru", "all")):
+    """Tidy rows like a grid's results.csv: one per run x language (margin class 'all')."""
+    rows = []
+    for method in methods:
+        for seed in seeds:
+            for noise in noises:
+                for index, language in enumerate(languages):
+                    accuracy = (
+                        0.9 - noise / 2 + 0.01 * seed + 0.02 * index + (0.03 if method == "capo" else 0)
+                    )
+                    rows.append(
+                        {"method": method, "seed": seed, "noise": noise, "language": language,
+                         "margin_class": "all", "accuracy": accuracy, "margin": 10 * accuracy}
+                    )  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def bar_containers(ax):
+    return [c for c in ax.containers if isinstance(c, BarContainer)]
+
+
+def test_plot_metric_by_language_bars_are_seed_means_with_the_chosen_spread():
+    runs = grid_rows(noises=(0.2,))
+    runs = runs[~((runs.method == "dpo") & (runs.language == "ru") & (runs.seed == 2))]  # a missing seed
+    fig = plots.plot_metric_by_language(runs, spread="range")
+    ax = fig.axes[0]
+    assert [tick.get_text() for tick in ax.get_xticklabels()] == ["en", "ru", "all"]  # pooled last
+    containers = bar_containers(ax)
+    assert [c.get_label() for c in containers] == ["dpo", "capo"]
+    means = runs.groupby(["method", "language"]).accuracy.mean()
+    for container in containers:
+        expected = means[container.get_label()].reindex(["en", "ru", "all"]).to_numpy()
+        np.testing.assert_allclose([bar.get_height() for bar in container], expected)
+    # range: the error bar of dpo/ru spans the two seeds left, 0.01 apart
+    errorbars = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    segments = errorbars[0].lines[2][0].get_segments()
+    ru = runs[(runs.method == "dpo") & (runs.language == "ru")].accuracy
+    assert segments[1][:, 1] == pytest.approx([ru.min(), ru.max()])
+    dots = sum(len(c.get_offsets()) for c in ax.collections if isinstance(c, PathCollection))
+    assert dots == len(runs), "one dot per seed and cell"
+    assert "reward accuracy" in ax.get_ylabel() and "fraction" in ax.get_ylabel()
+    with pytest.raises(ValueError, match="spread"):
+        plots.plot_metric_by_language(runs, spread="iqr")
+    with pytest.raises(ValueError, match="seed"):
+        plots.plot_metric_by_language(runs.drop(columns="seed"))
+
+
+def test_plot_metric_by_language_takes_another_metric_and_label():
+    runs = grid_rows(noises=(0.2,))
+    fig = plots.plot_metric_by_language(runs, y="margin", ylabel="reward margin (nats)", chance=None)
+    ax = fig.axes[0]
+    assert ax.get_ylabel() == "reward margin (nats)"
+    capo = bar_containers(ax)[1]
+    expected = runs[runs.method == "capo"].groupby("language").margin.mean().reindex(["en", "ru", "all"])
+    np.testing.assert_allclose([bar.get_height() for bar in capo], expected.to_numpy())
+
+
+def test_plot_paired_differences_draws_the_mean_difference_per_method_and_noise():
+    from capo_tutorial.analysis import paired_differences
+
+    runs = grid_rows(methods=("dpo", "capo", "rdpo"))
+    runs.loc[runs.method == "rdpo", "accuracy"] -= 0.05
+    differences = paired_differences(runs[runs.language == "all"])
+    fig = plots.plot_paired_differences(differences)
+    ax = fig.axes[0]
+    assert [tick.get_text() for tick in ax.get_xticklabels()] == ["capo", "rdpo"]
+    containers = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    assert [c.get_label() for c in containers] == ["0% flipped", "20% flipped"]
+    for container in containers:
+        np.testing.assert_allclose(container.lines[0].get_ydata(), [3.0, -5.0], atol=1e-9)  # points
+    assert "points" in ax.get_ylabel()
+    single = plots.plot_paired_differences(differences, hue=None).axes[0]
+    (container,) = [c for c in single.containers if isinstance(c, ErrorbarContainer)]
+    assert container.get_label().startswith("mean")
+    with pytest.raises(ValueError, match="difference"):
+        plots.plot_paired_differences(differences.drop(columns="difference"))
+
+
+def test_plot_difference_heatmap_is_centred_and_annotated():
+    table = pd.DataFrame({"en": [1.5, -3.0], "ru": [np.nan, 0.5]}, index=["capo", "rdpo"])
+    fig = plots.plot_difference_heatmap(table)
+    ax = fig.axes[0]
+    texts = sorted(text.get_text() for text in ax.texts)
+    assert texts == sorted(["+1.5", "-3.0", "+0.5"]), "one annotation per finite cell"
+    mesh = ax.collections[0]
+    assert mesh.norm.vmin == pytest.approx(-3.0) and mesh.norm.vmax == pytest.approx(3.0)
+    assert fig.axes[1].get_ylabel() == "reward accuracy − DPO's (points)"  # the colour bar
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("language", "method")
+    with pytest.raises(ValueError, match="finite"):
+        plots.plot_difference_heatmap(pd.DataFrame({"en": [np.nan]}))
+
+
+def test_plot_sweep_bars_variants_with_the_baseline_as_lines():
+    runs = pd.DataFrame(
+        {
+            "method": ["dpo", "capo-a", "capo-b"] * 2,
+            "noise": [0.2] * 3 + [0.4] * 3,
+            "accuracy": [0.70, 0.75, 0.65, 0.60, 0.72, 0.50],
+        }
+    )
+    fig = plots.plot_sweep(runs, highlight="capo-a")
+    ax = fig.axes[0]
+    assert [tick.get_text() for tick in ax.get_yticklabels()] == ["capo-a", "capo-b"]
+    containers = bar_containers(ax)
+    assert [c.get_label() for c in containers] == ["20% flipped", "40% flipped"]
+    np.testing.assert_allclose([bar.get_width() for bar in containers[1]], [0.72, 0.50])
+    assert line_by_label(ax, "dpo, 40% flipped").get_xdata()[0] == pytest.approx(0.60)
+    assert ax.get_yticklabels()[0].get_fontweight() == "bold"
+    assert "validation" in ax.get_xlabel()
+
+
+def test_plot_noise_panels_draws_one_noise_plot_per_panel():
+    runs = pd.concat([grid_rows().assign(margin_class=m) for m in ("low", "high")])
+    runs = runs[runs.language == "all"]
+    runs.loc[runs.margin_class == "low", "accuracy"] -= 0.1
+    fig = plots.plot_noise_panels(runs, titles={"low": "near misses", "high": "clear errors"})
+    assert [ax.get_title() for ax in fig.axes] == ["near misses", "clear errors"]
+    assert fig.axes[0].get_legend() is None and fig.axes[1].get_legend() is not None
+    for ax, margin_class in zip(fig.axes, ("low", "high")):
+        (dpo,) = [c for c in ax.containers if c.get_label() == "dpo"]
+        expected = runs[(runs.margin_class == margin_class) & (runs.method == "dpo")]
+        np.testing.assert_allclose(dpo.lines[0].get_ydata(), expected.groupby("noise").accuracy.mean())
+    with pytest.raises(ValueError, match="margin_class"):
+        plots.plot_noise_panels(runs.drop(columns="margin_class"))

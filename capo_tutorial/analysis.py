@@ -1,0 +1,332 @@
+"""Reading experiment grids and summarising them over seeds: what chapters 5 and 6 compute.
+
+A grid (``experiments/results/<grid>/``, written by :func:`capo_tutorial.experiments.run_grid`)
+holds ``results.csv``, tidy rows with the columns of ``capo_tutorial.experiments.RESULT_COLUMNS``
+(one row per run x language x margin class, "all" rows included), and ``manifest.json``. This
+module loads a grid, selects rows, and reduces the seeds:
+
+- :func:`summarise_seeds`: mean, standard deviation, min and max of a metric over seeds;
+- :func:`paired_differences`: a method's metric minus the baseline's *on the same seed* (same
+  data, noise draw, warm-up and batch order), the comparison that removes most of the seed's luck;
+- :func:`improvement_over_baseline`: the improvement over a baseline read both ways, in absolute
+  points and relative to the baseline, since "beats X by 16%" can mean either.
+
+Accuracies are fractions in [0, 1]; "points" are differences of fractions times 100; "relative"
+improvements are percentages of the baseline's value. Nothing here trains a model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "RESULTS_ENV",
+    "Grid",
+    "find_results_dir",
+    "format_mean_spread",
+    "improvement_over_baseline",
+    "load_grid",
+    "paired_differences",
+    "rank_variants",
+    "repository_results_url",
+    "select",
+    "summarise_seeds",
+]
+
+RESULTS_ENV = "CAPO_RESULTS_DIR"
+"""Environment variable naming a results folder (or URL) to read instead of the repository's."""
+
+RUN_KEYS = ("method", "seed", "noise", "systematic")
+"""The columns that identify one run of a grid."""
+
+
+@dataclass(frozen=True)
+class Grid:
+    """One experiment grid as committed: its tidy results and its manifest.
+
+    Attributes:
+        name: the grid's folder name ("sweep", "scale1", ...).
+        results: the rows of ``results.csv`` (``systematic`` read as a string, "" for none).
+        manifest: ``manifest.json`` (command, commit, grid, versions, started/finished times).
+        source: where the files were read from (a folder or a URL).
+    """
+
+    name: str
+    results: pd.DataFrame
+    manifest: dict[str, Any] = field(default_factory=dict)
+    source: str = ""
+
+    @property
+    def finished(self) -> bool:
+        """True when the manifest records that the grid ran to its end."""
+        return "finished" in self.manifest
+
+    def completeness(self) -> pd.DataFrame:
+        """Seeds done against seeds planned, per method and noise rate of the manifest's grid.
+
+        Returns:
+            DataFrame with columns method, noise, seeds_done, seeds_planned, one row per planned cell
+            (and per cell found in the results that the manifest does not plan).
+        """
+        planned = self.manifest.get("grid", {})
+        methods = list(planned.get("methods", []))
+        noises = [float(n) for n in planned.get("noises", [])]
+        seeds = len(planned.get("seeds", []))
+        overall = select(self.results)
+        done = overall.groupby(["method", "noise"]).seed.nunique()
+        cells = {(m, n) for m in methods for n in noises} | set(done.index)
+        order = {m: i for i, m in enumerate(methods)}
+        rows = [
+            {
+                "method": method,
+                "noise": noise,
+                "seeds_done": int(done.get((method, noise), 0)),
+                "seeds_planned": seeds if method in order and noise in noises else 0,
+            }
+            for method, noise in sorted(cells, key=lambda c: (order.get(c[0], len(order)), c[0], c[1]))
+        ]
+        return pd.DataFrame(rows, columns=["method", "noise", "seeds_done", "seeds_planned"])
+
+
+def repository_results_url(branch: str = "main") -> str | None:
+    """The raw-file URL of the committed results in the package's repository (its Homepage).
+
+    Used where no local copy exists (e.g. on Colab, where pip installs the package without the
+    ``experiments/`` folder). None when the installed metadata names no GitHub homepage.
+    """
+    try:
+        urls = metadata.metadata("capo-tutorial").get_all("Project-URL") or []
+    except metadata.PackageNotFoundError:
+        return None
+    for entry in urls:
+        label, _, url = entry.partition(",")
+        url = url.strip()
+        if label.strip().lower() == "homepage" and url.startswith("https://github.com/"):
+            owner_repo = url.removeprefix("https://github.com/").strip("/")
+            return f"https://raw.githubusercontent.com/{owner_repo}/{branch}/experiments/results"
+    return None
+
+
+def find_results_dir(start: str | Path | None = None) -> Path | None:
+    """The ``experiments/results`` folder: ``$CAPO_RESULTS_DIR`` if set, else the first one found in
+    ``start`` (default: the working directory) or a folder above it; None if there is none."""
+    if os.environ.get(RESULTS_ENV):
+        return Path(os.environ[RESULTS_ENV])
+    here = Path(start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        candidate = folder / "experiments" / "results"
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+def _is_url(location: str | Path) -> bool:
+    return str(location).startswith(("http://", "https://", "file://"))
+
+
+def _read_json(location: str) -> dict[str, Any]:
+    if _is_url(location):
+        with urllib.request.urlopen(location, timeout=30) as response:  # http(s) or file URLs only
+            return json.loads(response.read().decode("utf-8"))
+    return json.loads(Path(location).read_text(encoding="utf-8"))
+
+
+def load_grid(name: str, root: str | Path | None = None) -> Grid | None:
+    """Read ``<root>/<name>/results.csv`` and its ``manifest.json``; None if the grid has no results yet.
+
+    Args:
+        name: the grid's folder name.
+        root: a results folder or a URL (``https://...``, ``file://...``) whose ``<name>/results.csv``
+            can be fetched; default :func:`find_results_dir`.
+
+    Returns:
+        The :class:`Grid`, or None when no ``results.csv`` exists (a grid that has not run yet) or
+        it holds no rows yet. A missing manifest gives an empty one.
+    """
+    root = find_results_dir() if root is None else root
+    if root is None:
+        return None
+    if _is_url(root):
+        base = str(root).rstrip("/") + f"/{name}"
+        try:
+            results = pd.read_csv(f"{base}/results.csv", dtype={"systematic": str})
+        except (OSError, ValueError):  # HTTP 404 (urllib.error.URLError is an OSError), empty file
+            return None
+        try:
+            manifest = _read_json(f"{base}/manifest.json")
+        except (OSError, ValueError):
+            manifest = {}
+        source = base
+    else:
+        folder = Path(root) / name
+        path = folder / "results.csv"
+        if not path.is_file() or path.stat().st_size == 0:
+            return None
+        results = pd.read_csv(path, dtype={"systematic": str})
+        manifest_path = folder / "manifest.json"
+        manifest = _read_json(str(manifest_path)) if manifest_path.is_file() else {}
+        source = str(folder)
+    if results.empty:
+        return None
+    results["systematic"] = results["systematic"].fillna("")
+    return Grid(name=name, results=results, manifest=manifest, source=source)
+
+
+def select(
+    frame: pd.DataFrame, language: str | None = "all", margin_class: str | None = "all", **equals: Any
+) -> pd.DataFrame:
+    """Rows of one language and margin class (None: every value), and ``column=value`` filters.
+
+    The default gives one row per run: the "all" language and "all" margin class. A filter value
+    may be a list, meaning any of its values.
+    """
+    mask = pd.Series(True, index=frame.index)
+    for column, value in {"language": language, "margin_class": margin_class, **equals}.items():
+        if value is None:
+            continue
+        if column not in frame.columns:
+            raise ValueError(f"no column {column!r} to filter on; the columns are {list(frame.columns)}")
+        values = value if isinstance(value, (list, tuple, set)) else [value]
+        mask &= frame[column].isin(values)
+    return frame[mask].copy()
+
+
+def _check_columns(frame: pd.DataFrame, needed: Sequence[str]) -> None:
+    missing = [column for column in needed if column not in frame.columns]
+    if missing:
+        raise ValueError(f"the table lacks the columns {missing}; it has {list(frame.columns)}")
+
+
+def summarise_seeds(
+    frame: pd.DataFrame, value: str = "accuracy", by: Sequence[str] = ("method", "noise")
+) -> pd.DataFrame:
+    """Mean, standard deviation (ddof 1), min and max of ``value`` over seeds, per ``by`` group.
+
+    Args:
+        frame: one row per run and cell (e.g. ``select(results)``: one per run); rows with a
+            missing ``value`` (e.g. ``flipped_memorised`` without flips) are left out.
+        value: the metric column.
+        by: the grouping columns; everything else is averaged over (normally only the seed).
+
+    Returns:
+        DataFrame with the ``by`` columns and mean, std (NaN for one seed), min, max, seeds; groups
+        in order of first appearance.
+    """
+    _check_columns(frame, [*by, value, "seed"])
+    rows = frame.dropna(subset=[value])
+    grouped = rows.groupby(list(by), sort=False)
+    summary = grouped[value].agg(["mean", "std", "min", "max"])
+    summary["seeds"] = grouped["seed"].nunique()
+    return summary.reset_index()
+
+
+def paired_differences(
+    frame: pd.DataFrame,
+    baseline: str = "dpo",
+    value: str = "accuracy",
+    keys: Sequence[str] = ("seed", "noise", "systematic", "language", "margin_class"),
+) -> pd.DataFrame:
+    """Each method's ``value`` minus the baseline's on the same seed and cell.
+
+    Runs of the same seed and noise share the training data, the noise draw, the SFT warm-up and
+    the batch order, so their difference carries much less of the seed's luck than a difference
+    of means.
+
+    Args:
+        frame: tidy results (any subset of rows); the ``keys`` present in it pair the rows.
+        baseline: the method subtracted.
+        value: the metric column.
+        keys: the columns that must agree for two rows to be paired (those absent are ignored).
+
+    Returns:
+        DataFrame with method, the keys, ``value``, ``baseline_value`` and ``difference``, one row per
+        non-baseline row that has a baseline partner (the baseline's own rows are left out).
+    """
+    keys = [key for key in keys if key in frame.columns]
+    _check_columns(frame, ["method", value, *keys])
+    base = frame[frame.method == baseline][[*keys, value]].rename(columns={value: "baseline_value"})
+    if base.duplicated(keys).any():
+        raise ValueError(f"the baseline {baseline!r} has several rows per {keys}; add a key to pair on")
+    others = frame[frame.method != baseline][["method", *keys, value]]
+    paired = others.merge(base, on=keys, how="inner")
+    paired["difference"] = paired[value] - paired["baseline_value"]
+    return paired.reset_index(drop=True)
+
+
+def improvement_over_baseline(
+    frame: pd.DataFrame,
+    baseline: str = "dpo",
+    value: str = "accuracy",
+    by: Sequence[str] = ("method", "noise"),
+) -> pd.DataFrame:
+    """How much each method improves on the baseline, in absolute points and relative to the baseline.
+
+    Args:
+        frame: one row per run (and cell), as for :func:`paired_differences`.
+        baseline: the method compared against.
+        value: the metric (a fraction, e.g. reward accuracy).
+        by: the groups to report; must include "method".
+
+    Returns:
+        DataFrame with the ``by`` columns and: mean (the method's mean over seeds), baseline_mean,
+        absolute_points (100 x the mean paired difference: percentage points), difference_std
+        (100 x the std of the paired differences over seeds, points), relative_percent (100 x
+        (mean - baseline_mean) / baseline_mean), wins (seeds where the method beats the baseline
+        strictly) and seeds.
+    """
+    if "method" not in by:
+        raise ValueError("by must include 'method'")
+    paired = paired_differences(frame, baseline=baseline, value=value)
+    grouped = paired.groupby(list(by), sort=False)
+    table = pd.DataFrame(
+        {
+            "mean": grouped[value].mean(),
+            "baseline_mean": grouped["baseline_value"].mean(),
+            "absolute_points": 100 * grouped["difference"].mean(),
+            "difference_std": 100 * grouped["difference"].std(),
+            "wins": grouped["difference"].apply(lambda d: int((d > 0).sum())),
+            "seeds": grouped["difference"].size(),
+        }
+    )
+    table.insert(3, "relative_percent", 100 * (table["mean"] / table["baseline_mean"] - 1))
+    return table.reset_index()
+
+
+def rank_variants(
+    frame: pd.DataFrame, value: str = "accuracy", across: str = "noise", method: str = "method"
+) -> pd.DataFrame:
+    """Variants ranked by their mean ``value`` across the levels of ``across`` (e.g. noise rates).
+
+    The rule the sweep uses to choose CAPO's default: the best mean validation reward accuracy over
+    the sweep's noise levels (each level weighted equally, seeds averaged first).
+
+    Returns:
+        DataFrame indexed by method (best first) with one column per level of ``across``, ``mean``
+        (their average) and ``rank`` (1 = best).
+    """
+    _check_columns(frame, [method, across, value])
+    table = frame.groupby([method, across])[value].mean().unstack(across)
+    table.columns = [
+        f"{across} {level:g}" if isinstance(level, float) else str(level) for level in table.columns
+    ]
+    table["mean"] = table.mean(axis=1)
+    table = table.sort_values("mean", ascending=False)
+    table["rank"] = np.arange(1, len(table) + 1)
+    return table
+
+
+def format_mean_spread(mean: float, spread: float | None = None, digits: int = 3) -> str:
+    """'0.812 ± 0.013' (or '0.812' when the spread is missing, e.g. one seed)."""
+    if spread is None or not np.isfinite(spread):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {spread:.{digits}f}"

@@ -1,0 +1,173 @@
+"""Loading experiment grids and reducing seeds: the numbers chapters 5 and 6 print."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from capo_tutorial import analysis
+from capo_tutorial.experiments import RESULT_COLUMNS
+
+
+def fake_results(accuracy=None, methods=("dpo", "capo"), seeds=(0, 1, 2), noises=(0.0, 0.2)):
+    """Tidy rows in the grid's schema: per run, two languages and an "all" row (margin class "all")."""
+    accuracy = accuracy or (lambda method, seed, noise, language: 0.8 - noise / 2 + 0.01 * seed)
+    rows = []
+    for seed in seeds:
+        for noise in noises:
+            for method in methods:
+                per_language = {lang: accuracy(method, seed, noise, lang) for lang in ("en", "ru")}
+                per_language["all"] = np.mean(list(per_language.values()))
+                for language, value in per_language.items():
+                    rows.append(
+                        {
+                            "method": method, "loss": method.split("-")[0], "params": "{}",
+                            "seed": seed,
+                            "noise": noise, "systematic": "", "profile": "smoke", "eval_split": "test",
+                            "language": language, "margin_class": "all",
+                            "n": 200 if language == "all" else 100,
+                            "accuracy": value, "margin": 2 * value, "ece": 0.1,
+                            "flipped_memorised": np.nan if noise == 0 else 0.5, "reference_accuracy": 0.7,
+                            "steps": 300, "seconds": 10.0,
+                        }
+                    )  # fmt: skip
+    return pd.DataFrame(rows)[RESULT_COLUMNS]
+
+
+def write_grid(folder, frame, manifest=None):
+    folder.mkdir(parents=True)
+    frame.to_csv(folder / "results.csv", index=False)
+    if manifest is not None:
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_load_grid_reads_results_and_manifest(tmp_path):
+    manifest = {
+        "grid": {"methods": ["dpo", "capo"], "seeds": [0, 1, 2], "noises": [0.0, 0.2]},
+        "finished": "x",
+    }
+    write_grid(tmp_path / "scale1", fake_results(), manifest)
+    grid = analysis.load_grid("scale1", tmp_path)
+    assert grid.finished and grid.name == "scale1"
+    assert list(grid.results.columns) == RESULT_COLUMNS
+    assert (grid.results.systematic == "").all(), "an empty 'systematic' is read as '', not NaN"
+    assert (grid.completeness().seeds_done == 3).all()
+
+
+def test_load_grid_is_none_for_a_grid_not_run_yet(tmp_path):
+    assert analysis.load_grid("scale2", tmp_path) is None
+    (tmp_path / "scale2").mkdir()
+    (tmp_path / "scale2" / "results.csv").write_text("")
+    assert analysis.load_grid("scale2", tmp_path) is None
+
+
+def test_load_grid_reads_a_url(tmp_path):
+    write_grid(tmp_path / "sweep", fake_results(), {"grid": {}})
+    grid = analysis.load_grid("sweep", tmp_path.as_uri())
+    assert len(grid.results) == len(fake_results()) and not grid.finished
+    assert analysis.load_grid("missing", tmp_path.as_uri()) is None
+
+
+def test_completeness_counts_a_partial_grid(tmp_path):
+    frame = fake_results()
+    partial = frame[~((frame.method == "capo") & (frame.noise == 0.2) & (frame.seed > 0))]
+    manifest = {"grid": {"methods": ["dpo", "capo", "ipo"], "seeds": [0, 1, 2], "noises": [0.0, 0.2]}}
+    write_grid(tmp_path / "g", partial, manifest)
+    table = analysis.load_grid("g", tmp_path).completeness().set_index(["method", "noise"])
+    assert table.loc[("capo", 0.2), "seeds_done"] == 1
+    assert table.loc[("ipo", 0.0), "seeds_done"] == 0 and table.loc[("ipo", 0.0), "seeds_planned"] == 3
+    assert list(table.index.get_level_values("method").unique()) == ["dpo", "capo", "ipo"]
+
+
+def test_find_results_dir_walks_up_and_honours_the_environment(tmp_path, monkeypatch):
+    (tmp_path / "experiments" / "results").mkdir(parents=True)
+    (tmp_path / "book").mkdir()
+    monkeypatch.delenv(analysis.RESULTS_ENV, raising=False)
+    assert analysis.find_results_dir(tmp_path / "book") == tmp_path / "experiments" / "results"
+    monkeypatch.setenv(analysis.RESULTS_ENV, str(tmp_path / "elsewhere"))
+    assert analysis.find_results_dir(tmp_path / "book") == tmp_path / "elsewhere"
+
+
+def test_repository_results_url_points_at_raw_files():
+    url = analysis.repository_results_url()
+    assert url is None or (url.startswith("https://raw.githubusercontent.com/") and url.endswith("/results"))
+
+
+def test_select_defaults_to_one_row_per_run_and_takes_filters():
+    frame = fake_results()
+    runs = analysis.select(frame)
+    assert len(runs) == 2 * 3 * 2 and set(runs.language) == {"all"}
+    assert set(analysis.select(frame, language=None, method="capo").language) == {"all", "en", "ru"}
+    assert set(analysis.select(frame, noise=[0.2]).noise) == {0.2}
+    with pytest.raises(ValueError, match="no column 'colour'"):
+        analysis.select(frame, colour="red")
+
+
+def test_summarise_seeds_gives_mean_std_and_range():
+    runs = analysis.select(fake_results())
+    summary = analysis.summarise_seeds(runs).set_index(["method", "noise"])
+    values = 0.8 - 0.2 / 2 + 0.01 * np.array([0, 1, 2])
+    row = summary.loc[("dpo", 0.2)]
+    assert row["mean"] == pytest.approx(values.mean())
+    assert row["std"] == pytest.approx(values.std(ddof=1))
+    assert (row["min"], row["max"], row["seeds"]) == pytest.approx((values.min(), values.max(), 3))
+
+
+def test_summarise_seeds_skips_missing_values():
+    summary = analysis.summarise_seeds(analysis.select(fake_results()), value="flipped_memorised")
+    assert set(summary.noise) == {0.2}, "no flips at noise 0: nothing to summarise there"
+
+
+def test_paired_differences_pair_the_same_seed_and_cell():
+    def accuracy(method, seed, noise, language):
+        return 0.7 + 0.05 * seed + (0.02 if method == "capo" and language == "ru" else 0.0)
+
+    frame = fake_results(accuracy)
+    paired = analysis.paired_differences(analysis.select(frame, language=None))
+    assert set(paired.method) == {"capo"}
+    by_language = paired.groupby("language").difference.agg(["mean", "std"])
+    assert by_language.loc["ru", "mean"] == pytest.approx(0.02)
+    assert by_language.loc["en", "mean"] == pytest.approx(0.0)
+    # the seed effect (0.05 per seed) cancels out of a paired difference
+    assert by_language["std"].max() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_paired_differences_refuse_ambiguous_pairs():
+    frame = fake_results()
+    with pytest.raises(ValueError, match="several rows"):
+        analysis.paired_differences(frame, keys=("seed",))
+
+
+def test_improvement_over_baseline_reads_both_ways():
+    def accuracy(method, seed, noise, language):
+        return {"dpo": 0.5, "capo": 0.6}[method] + 0.01 * seed
+
+    table = analysis.improvement_over_baseline(analysis.select(fake_results(accuracy)))
+    row = table[(table.method == "capo") & (table.noise == 0.2)].iloc[0]
+    assert row["absolute_points"] == pytest.approx(10.0)
+    assert row["relative_percent"] == pytest.approx(100 * (0.61 / 0.51 - 1))
+    assert (row["wins"], row["seeds"]) == (3, 3)
+    assert row["difference_std"] == pytest.approx(0.0, abs=1e-9)
+    with pytest.raises(ValueError, match="method"):
+        analysis.improvement_over_baseline(fake_results(), by=("noise",))
+
+
+def test_rank_variants_averages_noise_levels_equally():
+    frame = pd.DataFrame(
+        {
+            "method": ["a", "a", "b", "b"],
+            "noise": [0.2, 0.4, 0.2, 0.4],
+            "seed": 0,
+            "accuracy": [0.9, 0.5, 0.8, 0.7],
+        }
+    )
+    ranked = analysis.rank_variants(frame)
+    assert list(ranked.index) == ["b", "a"] and list(ranked["rank"]) == [1, 2]
+    assert ranked.loc["a", "mean"] == pytest.approx(0.7) and "noise 0.2" in ranked.columns
+
+
+def test_format_mean_spread():
+    assert analysis.format_mean_spread(0.81234, 0.0129) == "0.812 ± 0.013"
+    assert analysis.format_mean_spread(0.81234, float("nan")) == "0.812"
+    assert analysis.format_mean_spread(81.2, 1.5, digits=1) == "81.2 ± 1.5"
