@@ -15,6 +15,7 @@ stopped) and writes ``manifest.json`` with the exact command, commit, profile an
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import platform
@@ -179,22 +180,27 @@ def run_grid(
     command: str | None = None,
     **overrides: Any,
 ) -> pd.DataFrame:
-    """Run every cell not already in ``out_dir/results.csv``; append rows run by run; write the manifest."""
+    """Run every cell not already in ``out_dir/results.csv``; append rows run by run; write the manifest.
+
+    Several processes may work on one folder with disjoint slices (e.g. ``--noises 0.0 0.3`` and
+    ``--noises 0.1 0.4``): appends are locked. The manifest records the slice of the process that
+    wrote it last, so finish with one call over the whole grid, which finds every cell done and
+    records the full grid.
+    """
     methods = [METHODS[m] if isinstance(m, str) else m for m in methods]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results_path = out_dir / "results.csv"
     done = _done_cells(results_path)
-    _write_manifest(out_dir, command, profile, methods, seeds, noises, overrides, started=True)
-    for method, seed, noise in grid_runs(methods, seeds, noises):
-        if (method.name, seed, noise) in done:
-            continue
+    todo = [run for run in grid_runs(methods, seeds, noises) if (run[0].name, run[1], run[2]) not in done]
+    _write_manifest(out_dir, command, profile, methods, seeds, noises, overrides, started=bool(todo))
+    for method, seed, noise in todo:
         start = time.perf_counter()
         rows, _ = run_one(
             method, profile=profile, seed=seed, noise=noise,
             output_dir=out_dir / "runs" / f"{method.name}-seed{seed}-noise{noise}", **overrides,
         )  # fmt: skip
-        rows.to_csv(results_path, mode="a", header=not results_path.exists(), index=False)
+        _append_rows(rows, results_path)
         overall = rows[(rows.language == "all") & (rows.margin_class == "all")].iloc[0]
         print(
             f"[grid] {method.name} seed={seed} noise={noise}: accuracy {overall.accuracy:.3f} "
@@ -203,6 +209,18 @@ def run_grid(
         )
     _write_manifest(out_dir, command, profile, methods, seeds, noises, overrides, started=False)
     return pd.read_csv(results_path)
+
+
+def _append_rows(rows: pd.DataFrame, results_path: Path) -> None:
+    """Append one run's rows under an exclusive lock, so that several grid processes (one per noise
+    rate, say, each with one thread) can share a results folder; the header is written once."""
+    with open(results_path.with_name(results_path.name + ".lock"), "w") as lock:
+        with contextlib.suppress(ImportError):  # no fcntl on Windows: one process per folder there
+            import fcntl
+
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        header = not results_path.exists() or results_path.stat().st_size == 0
+        rows.to_csv(results_path, mode="a", header=header, index=False)
 
 
 def _done_cells(results_path: Path) -> set[tuple[str, int, float]]:
@@ -240,6 +258,9 @@ def _write_manifest(out_dir, command, profile, methods, seeds, noises, overrides
     ]
     if started:  # the code that ran is the code at the start, whatever is committed meanwhile
         manifest["commit"] = _git_commit()
+        commits = manifest.setdefault("commits", [])
+        if manifest["commit"] not in commits:  # a grid resumed on newer code: every commit that ran
+            commits.append(manifest["commit"])
     manifest.update(
         {
             "command": command or " ".join(sys.argv),
@@ -253,9 +274,12 @@ def _write_manifest(out_dir, command, profile, methods, seeds, noises, overrides
         }
     )
     stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    manifest["started" if started else "finished"] = stamp
     if started:
+        manifest["started"] = stamp
         manifest.pop("finished", None)
+    else:
+        manifest.setdefault("started", stamp)
+        manifest["finished"] = stamp
     path.write_text(json.dumps(manifest, indent=2, default=str) + "\n")
 
 

@@ -51,16 +51,22 @@ def test_run_grid_writes_rows_manifest_and_resumes(tmp_path, monkeypatch):
         sft_steps=4, max_steps=4, tiny_hidden_size=32, tiny_layers=1, tiny_vocab_size=320, progress="none",
         sft_cache=False,
     )  # fmt: skip
-    frame = run_grid(tmp_path, methods=["dpo", "capo"], seeds=[0], noises=[0.25], **tiny)
+    run_grid(tmp_path, methods=["dpo"], seeds=[0], noises=[0.25], **tiny)  # two slices, one folder
+    frame = run_grid(tmp_path, methods=["capo"], seeds=[0], noises=[0.25], **tiny)
     overall = frame[(frame.language == "all") & (frame.margin_class == "all")]
     assert list(overall.method) == ["dpo", "capo"]
     assert overall.flipped_memorised.between(0, 1).all()
+    assert list(frame.columns) == RESULT_COLUMNS, "the header is written once"
     manifest = json.loads((tmp_path / "manifest.json").read_text())
-    assert manifest["grid"]["methods"] == ["dpo", "capo"] and "finished" in manifest
+    assert manifest["grid"]["methods"] == ["capo"] and "finished" in manifest
     calls = []
     monkeypatch.setattr("capo_tutorial.experiments.run_one", lambda *a, **k: calls.append(a))
     run_grid(tmp_path, methods=["dpo", "capo"], seeds=[0], noises=[0.25], **tiny)
     assert calls == [], "cells already in results.csv must not run again"
+    final = json.loads((tmp_path / "manifest.json").read_text())
+    assert final["grid"]["methods"] == ["dpo", "capo"], "the whole-grid call records the whole grid"
+    assert final["commit"] == manifest["commit"] and final["started"] == manifest["started"]
+    assert "finished" in final
 
 
 @pytest.mark.slow
