@@ -1,8 +1,9 @@
 """Build what a run needs from its RunConfig: data, tokenizer, model (+ LoRA), batching, reference.
 
-build_components(config)   -> Components(model, tokenizer, train/eval data sets, collator, sampler)
-freeze_reference(...)      after the SFT warm-up: the policy becomes pi_ref (copy, adapter or
-                           precomputed log-probs), saved once so that a resumed run finds it
+- ``build_components(config)`` gives ``Components`` (model, tokenizer, train and eval data sets,
+  collator, sampler);
+- ``freeze_reference(...)``, after the SFT warm-up, turns the policy into pi_ref (a copy, an adapter
+  or precomputed log-probs), saved once so that a resumed run finds it.
 """
 
 from __future__ import annotations

@@ -1062,7 +1062,7 @@ class PreferenceCollator:
     """Collate B tokenized pairs into ONE batch of 2B rows: chosen rows first, then rejected rows.
 
     Row i (i < B) is prompt_i + chosen_i; row B + i is prompt_i + rejected_i, the layout
-    :func:`capo_tutorial.logprobs.concatenated_logps` expects. Keys of the returned dict:
+    :func:`capo_tutorial.logprobs.concatenated_logps` expects. Keys of the returned dict::
 
         input_ids        (2B, T) long   token ids, padded with the pad id
         attention_mask   (2B, T) long   1 on real tokens, 0 on padding

@@ -263,7 +263,7 @@ def plot_loss_and_gradient(
         margins: (G,) grid of margins in nats.
         beta: passed to every loss (see :func:`loss_curves`).
         loss_ylim, gradient_ylim: y-limits (None: automatic); IPO's quadratic leaves the default
-            panels for large |m|, on purpose, so that the other curves stay readable.
+            panels for large absolute m, on purpose, so that the other curves stay readable.
 
     Returns:
         The figure; axes[0] holds one line per loss (loss in nats), axes[1] one line per loss
@@ -303,8 +303,9 @@ def plot_beta_effect(
 ) -> Figure:
     """DPO's loss and per-pair push against the log-ratio margin Δρ = ρ_w − ρ_l, for several beta.
 
-    The push is |∂ℓ/∂ log π(y_w|x)| = beta * sigmoid(−beta Δρ): how strongly one pair moves the
-    chosen response's log-probability, obtained by autograd through ``preference_loss("dpo", ...)``.
+    The push is the absolute value of ∂ℓ/∂ log π(y_w | x), beta * sigmoid(−beta Δρ): how strongly one
+    pair moves the chosen response's log-probability, obtained by autograd through
+    ``preference_loss("dpo", ...)``.
 
     Args:
         betas: the values of beta, one line each.
