@@ -120,7 +120,10 @@ def summarise_run(result: TrainResult, method: Method) -> pd.DataFrame:
         predictions.reference_chosen_logps / predictions.chosen_length
         - predictions.reference_rejected_logps / predictions.rejected_length
     )
-    predictions = predictions.assign(reference_correct=reference_margin > 0)
+    # A reference-free loss (SimPO) runs without reference log-probs: the column does not apply.
+    reference_free = config.loss in REFERENCE_FREE_LOSSES
+    reference_correct = float("nan") if reference_free else reference_margin > 0
+    predictions = predictions.assign(reference_correct=reference_correct)
     shared = {
         "method": method.name,
         "loss": config.loss,
