@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import matplotlib as mpl
@@ -136,6 +136,20 @@ def _new_axes(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Ax
         return ax.figure, ax
     fig, ax = plt.subplots(figsize=figsize)
     return fig, ax
+
+
+def _require_columns(frame: pd.DataFrame, needed: Iterable[str], name: str) -> None:
+    """ValueError naming the columns ``frame`` (called ``name`` in the message) lacks, and those it has."""
+    missing = set(needed) - set(frame.columns)
+    if missing:
+        raise ValueError(f"{name} lacks the columns {sorted(missing)}; it has {list(frame.columns)}")
+
+
+def _legend_beside(ax: Axes, title: str | None = None) -> None:
+    """The legend to the right of the axes, small; its title (if any) smaller still."""
+    ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize="small", title=title)
+    if title is not None:
+        ax.get_legend().get_title().set_fontsize("x-small")
 
 
 def _guide_line(ax: Axes, y: float | None = None, x: float | None = None) -> None:
@@ -293,7 +307,7 @@ def plot_loss_and_gradient(
             loss_ax.set_ylim(*loss_ylim)
         if gradient_ylim is not None:
             grad_ax.set_ylim(*gradient_ylim)
-        grad_ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize="small")
+        _legend_beside(grad_ax)
         return _finish(fig)
 
 
@@ -508,9 +522,7 @@ def plot_accuracy_vs_noise(
         The figure; the axes holds one error-bar line per hue level (label = the level), in order
         of first appearance.
     """
-    missing = {x, y, hue} - set(results.columns)
-    if missing:
-        raise ValueError(f"results lacks the columns {sorted(missing)}; it has {list(results.columns)}")
+    _require_columns(results, {x, y, hue}, "results")
     levels = list(dict.fromkeys(results[hue]))
     palette = method_palette(levels)
     xs = np.sort(results[x].unique())
@@ -547,7 +559,7 @@ def plot_accuracy_vs_noise(
         ax.xaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
         ax.set_xticks(xs)
         ax.set(xlabel=xlabel, ylabel=ylabel)
-        ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize="small")
+        _legend_beside(ax)
         return _finish(fig)
 
 
@@ -588,9 +600,7 @@ def plot_training_curves(
     Returns:
         The figure with ``len(metrics)`` panels.
     """
-    missing = {x, *metrics, *(c for c in (hue, style) if c)} - set(history.columns)
-    if missing:
-        raise ValueError(f"history lacks the columns {sorted(missing)}; it has {list(history.columns)}")
+    _require_columns(history, {x, *metrics, *(c for c in (hue, style) if c)}, "history")
     names = {**METRIC_LABELS, **(labels or {})}
     palette = method_palette([str(v) for v in dict.fromkeys(history[hue])]) if hue else None
     data = history.assign(**{hue: history[hue].astype(str)}) if hue else history
@@ -614,7 +624,7 @@ def plot_training_curves(
             )
             ax.set(xlabel="optimizer step" if x == "step" else x, ylabel=names.get(metric, metric))
         if hue or style:
-            axes.flat[-1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize="small")
+            _legend_beside(axes.flat[-1])
         return _finish(fig)
 
 
@@ -877,9 +887,7 @@ def plot_padding_fraction(
     Returns:
         The figure; its axes holds one line per strategy (label = the strategy), x on a log2 scale.
     """
-    missing = {x, y, hue} - set(results.columns)
-    if missing:
-        raise ValueError(f"results lacks the columns {sorted(missing)}; it has {list(results.columns)}")
+    _require_columns(results, {x, y, hue}, "results")
     data = results.assign(**{hue: results[hue].astype(str)})
     levels = list(dict.fromkeys(data[hue]))
     palette = dict(zip(levels, sns.color_palette("colorblind", len(levels))))
@@ -937,9 +945,7 @@ def plot_weight_statistics(
         filled band per run between weights/min and weights/max (``ax.collections``), in order of
         first appearance.
     """
-    missing = {x, *_WEIGHT_COLUMNS, *([hue] if hue else [])} - set(history.columns)
-    if missing:
-        raise ValueError(f"history lacks the columns {sorted(missing)}; it has {list(history.columns)}")
+    _require_columns(history, {x, *_WEIGHT_COLUMNS, *([hue] if hue else [])}, "history")
     rows = history.dropna(subset=list(_WEIGHT_COLUMNS))
     runs = list(dict.fromkeys(rows[hue].astype(str))) if hue else ["weights"]
     palette = method_palette(runs)
@@ -973,7 +979,7 @@ def plot_weight_statistics(
             ylabel=r"per-pair weight $w_i$ (dimensionless)",
             ylim=(0, None),
         )
-        ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize="small")
+        _legend_beside(ax)
         return _finish(fig)
 
 
@@ -1009,9 +1015,7 @@ def plot_weight_by_label(
         The figure; its axes holds one bar container per group ("clean label", "flipped label",
         bars side by side), bar heights in percent of the group's pairs.
     """
-    missing = {weight, flipped} - set(table.columns)
-    if missing:
-        raise ValueError(f"table lacks the columns {sorted(missing)}; it has {list(table.columns)}")
+    _require_columns(table, {weight, flipped}, "table")
     groups = _label_groups(table, flipped)
     edges = np.histogram_bin_edges(table[weight].to_numpy(float), bins=bins)
     width = np.diff(edges) / (len(groups) + 0.5)
@@ -1099,7 +1103,7 @@ def plot_label_agreement(
             ax.bar_label(bars, labels=shown, padding=2, fontsize="x-small")
         ax.set_xticks(positions, group_names)
         ax.set(xlabel="training pairs", ylabel=ylabel, ylim=(0, 109))
-        ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize="small")
+        _legend_beside(ax)
         return _finish(fig)
 
 
@@ -1171,9 +1175,7 @@ def plot_metric_by_language(
         the means, in the order of the x-axis), in order of first appearance.
     """
     _check_spread(spread)
-    missing = {x, y, hue, "seed"} - set(runs.columns)
-    if missing:
-        raise ValueError(f"runs lacks the columns {sorted(missing)}; it has {list(runs.columns)}")
+    _require_columns(runs, {x, y, hue, "seed"}, "runs")
     rows = runs.dropna(subset=[y])
     categories = _language_order(rows[x]) if x == "language" else list(dict.fromkeys(rows[x].astype(str)))
     levels = list(dict.fromkeys(rows[hue]))
@@ -1214,11 +1216,7 @@ def plot_metric_by_language(
             _guide_line(ax, y=chance)
         ax.set_xticks(positions, categories)
         ax.set(xlabel=x if x != "language" else "language (all = pooled)", ylabel=ylabel)
-        ax.legend(
-            loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize="small",
-            title=f"bars: mean over seeds\nerror bars: {_SPREADS[spread]}\ndots: seeds",
-        )  # fmt: skip
-        ax.get_legend().get_title().set_fontsize("x-small")
+        _legend_beside(ax, title=f"bars: mean over seeds\nerror bars: {_SPREADS[spread]}\ndots: seeds")
         return _finish(fig)
 
 
@@ -1252,11 +1250,7 @@ def plot_paired_differences(
         level), whose points are the scaled means in the order of the categories.
     """
     _check_spread(spread)
-    missing = {x, y, *([hue] if hue else [])} - set(differences.columns)
-    if missing:
-        raise ValueError(
-            f"differences lacks the columns {sorted(missing)}; it has {list(differences.columns)}"
-        )
+    _require_columns(differences, {x, y, *([hue] if hue else [])}, "differences")
     data = differences.dropna(subset=[y])
     categories = list(dict.fromkeys(data[x].astype(str)))
     levels = list(dict.fromkeys(data[hue])) if hue else [None]
@@ -1296,11 +1290,7 @@ def plot_paired_differences(
             ax.tick_params(axis="x", labelrotation=30)
             for label in ax.get_xticklabels():
                 label.set_horizontalalignment("right")
-        ax.legend(
-            loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize="small",
-            title=f"diamonds: mean {_SPREADS[spread]}\ndots: seeds",
-        )  # fmt: skip
-        ax.get_legend().get_title().set_fontsize("x-small")
+        _legend_beside(ax, title=f"diamonds: mean {_SPREADS[spread]}\ndots: seeds")
         return _finish(fig)
 
 
@@ -1376,9 +1366,7 @@ def plot_sweep(
         The figure; its axes holds one bar container per hue level (label e.g. "20% flipped"), bars
         in the order of the variants from top to bottom (first appearance, baseline left out).
     """
-    missing = {y, variant, hue} - set(runs.columns)
-    if missing:
-        raise ValueError(f"runs lacks the columns {sorted(missing)}; it has {list(runs.columns)}")
+    _require_columns(runs, {y, variant, hue}, "runs")
     means = runs.groupby([variant, hue], sort=False)[y].mean()
     variants = [v for v in dict.fromkeys(runs[variant].astype(str)) if v != baseline]
     levels = list(dict.fromkeys(runs[hue]))
@@ -1411,7 +1399,7 @@ def plot_sweep(
         finite = finite[np.isfinite(finite)]
         low = max(0.0, float(finite.min()) - 0.08) if finite.size else 0.0
         ax.set(xlabel=xlabel, ylabel=variant, xlim=(low, min(1.0, float(finite.max()) + 0.08)))
-        ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize="small")
+        _legend_beside(ax)
         return _finish(fig)
 
 
@@ -1439,9 +1427,7 @@ def plot_noise_panels(
         The figure; one axes per panel, each as :func:`plot_accuracy_vs_noise` draws it; the legend
         only beside the last.
     """
-    missing = {panel, y, hue, "noise"} - set(results.columns)
-    if missing:
-        raise ValueError(f"results lacks the columns {sorted(missing)}; it has {list(results.columns)}")
+    _require_columns(results, {panel, y, hue, "noise"}, "results")
     values = list(panels) if panels is not None else list(dict.fromkeys(results[panel]))
     with house_style():
         fig, axes = plt.subplots(1, len(values), figsize=(4.4 * len(values) + 2.4, 3.9), sharey=sharey)
