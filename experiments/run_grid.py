@@ -44,8 +44,9 @@ GRIDS = {
                    profile="smoke", overrides={}),
     "systematic": dict(methods=lambda: ["dpo", "capo", "rdpo"], seeds=[0, 1, 2], noises=[0.0],
                        profile="smoke", overrides={"systematic_noise": ["ru", "ar"]}),
-    "scale2": dict(methods=lambda: ["dpo", "capo", "rdpo"], seeds=[0, 1, 2], noises=[0.3], profile="cpu",
-                   overrides={}),
+    # scale2: robust DPO (built for flipped labels) and SimPO (scale 1's strongest baseline at 30%)
+    "scale2": dict(methods=lambda: ["dpo", "capo", "rdpo", "simpo"], seeds=[0, 1, 2], noises=[0.3],
+                   profile="cpu", overrides={}),
 }  # fmt: skip
 
 
