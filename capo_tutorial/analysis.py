@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -39,6 +39,7 @@ __all__ = [
     "paired_differences",
     "rank_variants",
     "repository_results_url",
+    "require_columns",
     "select",
     "summarise_seeds",
 ]
@@ -201,10 +202,14 @@ def select(
     return frame[mask].copy()
 
 
-def _check_columns(frame: pd.DataFrame, needed: Sequence[str]) -> None:
-    missing = [column for column in needed if column not in frame.columns]
+def require_columns(frame: pd.DataFrame, needed: Iterable[str], name: str = "the table") -> None:
+    """Raise a ValueError naming the columns ``frame`` lacks (``name`` is how the message calls it).
+
+    The message also lists the columns it has, so that a renamed column is easy to spot.
+    """
+    missing = sorted(set(needed) - set(frame.columns))
     if missing:
-        raise ValueError(f"the table lacks the columns {missing}; it has {list(frame.columns)}")
+        raise ValueError(f"{name} lacks the columns {missing}; it has {list(frame.columns)}")
 
 
 def summarise_seeds(
@@ -222,7 +227,7 @@ def summarise_seeds(
         DataFrame with the ``by`` columns and mean, std (NaN for one seed), min, max, seeds; groups
         in order of first appearance.
     """
-    _check_columns(frame, [*by, value, "seed"])
+    require_columns(frame, [*by, value, "seed"])
     rows = frame.dropna(subset=[value])
     grouped = rows.groupby(list(by), sort=False)
     summary = grouped[value].agg(["mean", "std", "min", "max"])
@@ -253,7 +258,7 @@ def paired_differences(
         non-baseline row that has a baseline partner (the baseline's own rows are left out).
     """
     keys = [key for key in keys if key in frame.columns]
-    _check_columns(frame, ["method", value, *keys])
+    require_columns(frame, ["method", value, *keys])
     base = frame[frame.method == baseline][[*keys, value]].rename(columns={value: "baseline_value"})
     if base.duplicated(keys).any():
         raise ValueError(f"the baseline {baseline!r} has several rows per {keys}; add a key to pair on")
@@ -314,7 +319,7 @@ def rank_variants(
         DataFrame indexed by method (best first) with one column per level of ``across``, ``mean``
         (their average) and ``rank`` (1 = best).
     """
-    _check_columns(frame, [method, across, value])
+    require_columns(frame, [method, across, value])
     table = frame.groupby([method, across])[value].mean().unstack(across)
     table.columns = [
         f"{across} {level:g}" if isinstance(level, float) else str(level) for level in table.columns

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import matplotlib as mpl
@@ -31,6 +31,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
+from capo_tutorial.analysis import require_columns
 from capo_tutorial.losses import ConfidenceSignals, capo_weights, preference_loss
 
 __all__ = [
@@ -136,13 +137,6 @@ def _new_axes(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Ax
         return ax.figure, ax
     fig, ax = plt.subplots(figsize=figsize)
     return fig, ax
-
-
-def _require_columns(frame: pd.DataFrame, needed: Iterable[str], name: str) -> None:
-    """ValueError naming the columns ``frame`` (called ``name`` in the message) lacks, and those it has."""
-    missing = set(needed) - set(frame.columns)
-    if missing:
-        raise ValueError(f"{name} lacks the columns {sorted(missing)}; it has {list(frame.columns)}")
 
 
 def _legend_beside(ax: Axes, title: str | None = None) -> None:
@@ -522,7 +516,7 @@ def plot_accuracy_vs_noise(
         The figure; the axes holds one error-bar line per hue level (label = the level), in order
         of first appearance.
     """
-    _require_columns(results, {x, y, hue}, "results")
+    require_columns(results, {x, y, hue}, "results")
     levels = list(dict.fromkeys(results[hue]))
     palette = method_palette(levels)
     xs = np.sort(results[x].unique())
@@ -600,7 +594,7 @@ def plot_training_curves(
     Returns:
         The figure with ``len(metrics)`` panels.
     """
-    _require_columns(history, {x, *metrics, *(c for c in (hue, style) if c)}, "history")
+    require_columns(history, {x, *metrics, *(c for c in (hue, style) if c)}, "history")
     names = {**METRIC_LABELS, **(labels or {})}
     palette = method_palette([str(v) for v in dict.fromkeys(history[hue])]) if hue else None
     data = history.assign(**{hue: history[hue].astype(str)}) if hue else history
@@ -887,7 +881,7 @@ def plot_padding_fraction(
     Returns:
         The figure; its axes holds one line per strategy (label = the strategy), x on a log2 scale.
     """
-    _require_columns(results, {x, y, hue}, "results")
+    require_columns(results, {x, y, hue}, "results")
     data = results.assign(**{hue: results[hue].astype(str)})
     levels = list(dict.fromkeys(data[hue]))
     palette = dict(zip(levels, sns.color_palette("colorblind", len(levels))))
@@ -945,7 +939,7 @@ def plot_weight_statistics(
         filled band per run between weights/min and weights/max (``ax.collections``), in order of
         first appearance.
     """
-    _require_columns(history, {x, *_WEIGHT_COLUMNS, *([hue] if hue else [])}, "history")
+    require_columns(history, {x, *_WEIGHT_COLUMNS, *([hue] if hue else [])}, "history")
     rows = history.dropna(subset=list(_WEIGHT_COLUMNS))
     runs = list(dict.fromkeys(rows[hue].astype(str))) if hue else ["weights"]
     palette = method_palette(runs)
@@ -1015,7 +1009,7 @@ def plot_weight_by_label(
         The figure; its axes holds one bar container per group ("clean label", "flipped label",
         bars side by side), bar heights in percent of the group's pairs.
     """
-    _require_columns(table, {weight, flipped}, "table")
+    require_columns(table, {weight, flipped}, "table")
     groups = _label_groups(table, flipped)
     edges = np.histogram_bin_edges(table[weight].to_numpy(float), bins=bins)
     width = np.diff(edges) / (len(groups) + 0.5)
@@ -1175,7 +1169,7 @@ def plot_metric_by_language(
         the means, in the order of the x-axis), in order of first appearance.
     """
     _check_spread(spread)
-    _require_columns(runs, {x, y, hue, "seed"}, "runs")
+    require_columns(runs, {x, y, hue, "seed"}, "runs")
     rows = runs.dropna(subset=[y])
     categories = _language_order(rows[x]) if x == "language" else list(dict.fromkeys(rows[x].astype(str)))
     levels = list(dict.fromkeys(rows[hue]))
@@ -1250,7 +1244,7 @@ def plot_paired_differences(
         level), whose points are the scaled means in the order of the categories.
     """
     _check_spread(spread)
-    _require_columns(differences, {x, y, *([hue] if hue else [])}, "differences")
+    require_columns(differences, {x, y, *([hue] if hue else [])}, "differences")
     data = differences.dropna(subset=[y])
     categories = list(dict.fromkeys(data[x].astype(str)))
     levels = list(dict.fromkeys(data[hue])) if hue else [None]
@@ -1366,7 +1360,7 @@ def plot_sweep(
         The figure; its axes holds one bar container per hue level (label e.g. "20% flipped"), bars
         in the order of the variants from top to bottom (first appearance, baseline left out).
     """
-    _require_columns(runs, {y, variant, hue}, "runs")
+    require_columns(runs, {y, variant, hue}, "runs")
     means = runs.groupby([variant, hue], sort=False)[y].mean()
     variants = [v for v in dict.fromkeys(runs[variant].astype(str)) if v != baseline]
     levels = list(dict.fromkeys(runs[hue]))
@@ -1427,7 +1421,7 @@ def plot_noise_panels(
         The figure; one axes per panel, each as :func:`plot_accuracy_vs_noise` draws it; the legend
         only beside the last.
     """
-    _require_columns(results, {panel, y, hue, "noise"}, "results")
+    require_columns(results, {panel, y, hue, "noise"}, "results")
     values = list(panels) if panels is not None else list(dict.fromkeys(results[panel]))
     with house_style():
         fig, axes = plt.subplots(1, len(values), figsize=(4.4 * len(values) + 2.4, 3.9), sharey=sharey)

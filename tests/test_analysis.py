@@ -171,3 +171,13 @@ def test_format_mean_spread():
     assert analysis.format_mean_spread(0.81234, 0.0129) == "0.812 ± 0.013"
     assert analysis.format_mean_spread(0.81234, float("nan")) == "0.812"
     assert analysis.format_mean_spread(81.2, 1.5, digits=1) == "81.2 ± 1.5"
+
+
+def test_require_columns_names_what_is_missing_and_what_is_there():
+    frame = pd.DataFrame({"method": ["dpo"], "acuracy": [0.7]})
+    analysis.require_columns(frame, ["method"])  # nothing missing: no error
+    expected = r"results lacks the columns \['accuracy', 'seed'\]; it has.*'acuracy'"
+    with pytest.raises(ValueError, match=expected):
+        analysis.require_columns(frame, ["seed", "accuracy", "method"], "results")
+    with pytest.raises(ValueError, match=r"the table lacks the columns \['noise', 'seed'\]"):
+        analysis.summarise_seeds(frame.rename(columns={"acuracy": "accuracy"}))
