@@ -278,11 +278,10 @@ def _write_manifest(out_dir, command, profile, methods, seeds, noises, overrides
         }
     )
     stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    manifest.setdefault("started", stamp)  # when the first cell of results.csv started, whichever slice
     if started:
-        manifest["started"] = stamp
         manifest.pop("finished", None)
     else:
-        manifest.setdefault("started", stamp)
         manifest["finished"] = stamp
     path.write_text(json.dumps(manifest, indent=2, default=str) + "\n")
 

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -60,6 +61,8 @@ def test_run_grid_writes_rows_manifest_and_resumes(tmp_path, monkeypatch):
         sft_cache=False,
     )  # fmt: skip
     run_grid(tmp_path, methods=["dpo"], seeds=[0], noises=[0.25], **tiny)  # two slices, one folder
+    first_started = json.loads((tmp_path / "manifest.json").read_text())["started"]
+    time.sleep(1.1)  # the stamps have whole seconds: a later slice would show a later one
     frame = run_grid(tmp_path, methods=["capo", "simpo"], seeds=[0], noises=[0.25], **tiny)
     overall = frame[(frame.language == "all") & (frame.margin_class == "all")]
     assert list(overall.method) == ["dpo", "capo", "simpo"]
@@ -68,6 +71,7 @@ def test_run_grid_writes_rows_manifest_and_resumes(tmp_path, monkeypatch):
     assert list(frame.columns) == RESULT_COLUMNS, "the header is written once"
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["grid"]["methods"] == ["capo", "simpo"] and "finished" in manifest
+    assert manifest["started"] == first_started, "started: the first slice's start, not the last's"
     calls = []
     monkeypatch.setattr("capo_tutorial.experiments.run_one", lambda *a, **k: calls.append(a))
     run_grid(tmp_path, methods=["dpo", "capo", "simpo"], seeds=[0], noises=[0.25], **tiny)
