@@ -9,7 +9,8 @@ module loads a grid, selects rows, and reduces the seeds:
 - :func:`paired_differences`: a method's metric minus the baseline's *on the same seed* (same
   data, noise draw, warm-up and batch order), the comparison that removes most of the seed's luck;
 - :func:`improvement_over_baseline`: the improvement over a baseline read both ways, in absolute
-  points and relative to the baseline, since "beats X by 16%" can mean either.
+  points and relative to the baseline, since "beats X by 16%" can mean either;
+- :func:`against_each_baseline`: either of the two for one method against every other in turn.
 
 Accuracies are fractions in [0, 1]; "points" are differences of fractions times 100; "relative"
 improvements are percentages of the baseline's value. Nothing here trains a model.
@@ -20,7 +21,7 @@ from __future__ import annotations
 import json
 import os
 import urllib.request
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -32,6 +33,7 @@ import pandas as pd
 __all__ = [
     "RESULTS_ENV",
     "Grid",
+    "against_each_baseline",
     "find_results_dir",
     "format_mean_spread",
     "improvement_over_baseline",
@@ -305,6 +307,41 @@ def improvement_over_baseline(
     )
     table.insert(3, "relative_percent", 100 * (table["mean"] / table["baseline_mean"] - 1))
     return table.reset_index()
+
+
+def against_each_baseline(
+    frame: pd.DataFrame,
+    measure: Callable[..., pd.DataFrame] = paired_differences,
+    method: str = "capo",
+    **options: Any,
+) -> pd.DataFrame:
+    """``measure`` of ``method`` against every other method in ``frame``, one baseline at a time.
+
+    Args:
+        frame: tidy results holding ``method`` and its baselines (e.g. one row per run).
+        measure: :func:`paired_differences` or :func:`improvement_over_baseline`; it is called with
+            the rows of ``method`` and one baseline, ``baseline=`` that baseline, and ``options``.
+        method: the method compared against the others.
+        **options: passed on to ``measure`` (e.g. ``value="margin"``).
+
+    Returns:
+        ``measure``'s rows for every baseline stacked, with a ``baseline`` column; baselines in
+        order of first appearance in ``frame``.
+    """
+    require_columns(frame, ["method"])
+    methods = list(dict.fromkeys(frame.method))
+    baselines = [m for m in methods if m != method]
+    if method not in methods or not baselines:
+        raise ValueError(f"need {method!r} and at least one other method; the table has {methods}")
+    return pd.concat(
+        [
+            measure(frame[frame.method.isin([method, baseline])], baseline=baseline, **options).assign(
+                baseline=baseline
+            )
+            for baseline in baselines
+        ],
+        ignore_index=True,
+    )
 
 
 def rank_variants(

@@ -181,3 +181,22 @@ def test_require_columns_names_what_is_missing_and_what_is_there():
         analysis.require_columns(frame, ["seed", "accuracy", "method"], "results")
     with pytest.raises(ValueError, match=r"the table lacks the columns \['noise', 'seed'\]"):
         analysis.summarise_seeds(frame.rename(columns={"acuracy": "accuracy"}))
+
+
+def test_against_each_baseline_stacks_one_comparison_per_baseline():
+    def accuracy(method, seed, noise, language):
+        return {"dpo": 0.5, "rdpo": 0.55, "capo": 0.6}[method] + 0.01 * seed
+
+    runs = analysis.select(fake_results(accuracy, methods=("dpo", "rdpo", "capo")))
+    paired = analysis.against_each_baseline(runs)
+    assert list(dict.fromkeys(paired.baseline)) == ["dpo", "rdpo"]
+    assert set(paired.method) == {"capo"}
+    by_baseline = paired.groupby("baseline").difference.mean()
+    assert by_baseline["dpo"] == pytest.approx(0.10) and by_baseline["rdpo"] == pytest.approx(0.05)
+    improvement = analysis.against_each_baseline(runs, analysis.improvement_over_baseline, value="margin")
+    row = improvement[(improvement.baseline == "rdpo") & (improvement.noise == 0.2)].iloc[0]
+    assert row["absolute_points"] == pytest.approx(10.0)  # margins are twice the accuracies here
+    with pytest.raises(ValueError, match="at least one other method"):
+        analysis.against_each_baseline(runs[runs.method == "capo"])
+    with pytest.raises(ValueError, match="need 'simpo'"):
+        analysis.against_each_baseline(runs, method="simpo")
