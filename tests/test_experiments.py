@@ -8,7 +8,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from capo_tutorial.analysis import select
 from capo_tutorial.experiments import METHODS, RESULT_COLUMNS, run_grid, run_one
+from capo_tutorial.training import REFERENCE_FREE_LOSSES
 
 RESULTS = Path(__file__).resolve().parent.parent / "experiments" / "results"
 GRIDS = sorted(p.parent.name for p in RESULTS.glob("*/results.csv"))
@@ -23,12 +25,12 @@ def test_committed_results_match_their_schema(grid):
     frame = pd.read_csv(RESULTS / grid / "results.csv")
     assert list(frame.columns) == RESULT_COLUMNS
     assert frame.accuracy.between(0, 1).all()
-    with_reference = frame[frame.loss != "simpo"]  # SimPO trains without a reference: NaN there
-    assert with_reference.reference_accuracy.between(0, 1).all()
-    assert frame[frame.loss == "simpo"].reference_accuracy.isna().all()
+    reference_free = frame.loss.isin(REFERENCE_FREE_LOSSES)  # SimPO trains without one: NaN there
+    assert frame[~reference_free].reference_accuracy.between(0, 1).all()
+    assert frame[reference_free].reference_accuracy.isna().all()
     assert (frame.n > 0).all()
     assert set(frame.margin_class) >= {"all", "low", "high"}
-    overall = frame[(frame.language == "all") & (frame.margin_class == "all")]
+    overall = select(frame)
     assert not overall.duplicated(["method", "seed", "noise"]).any()
     manifest = json.loads((RESULTS / grid / "manifest.json").read_text())
     for key in ("command", "commit", "profile", "versions", "grid", "finished"):
@@ -64,7 +66,7 @@ def test_run_grid_writes_rows_manifest_and_resumes(tmp_path, monkeypatch):
     first_started = json.loads((tmp_path / "manifest.json").read_text())["started"]
     time.sleep(1.1)  # the stamps have whole seconds: a later slice would show a later one
     frame = run_grid(tmp_path, methods=["capo", "simpo"], seeds=[0], noises=[0.25], **tiny)
-    overall = frame[(frame.language == "all") & (frame.margin_class == "all")]
+    overall = select(frame)
     assert list(overall.method) == ["dpo", "capo", "simpo"]
     assert overall.reference_accuracy.isna().tolist() == [False, False, True], "SimPO has no reference"
     assert overall.flipped_memorised.between(0, 1).all()
@@ -87,14 +89,11 @@ def test_run_grid_writes_rows_manifest_and_resumes(tmp_path, monkeypatch):
 @pytest.mark.parametrize("method", ["dpo", "capo"])
 def test_a_committed_scale1_slice_recomputes(tmp_path, method):
     committed = pd.read_csv(RESULTS / "scale1" / "results.csv")
-    row = committed[
-        (committed.method == method) & (committed.seed == 0) & (committed.noise == 0.2)
-        & (committed.language == "all") & (committed.margin_class == "all")
-    ].iloc[0]  # fmt: skip
+    row = select(committed, method=method, seed=0, noise=0.2).iloc[0]
     rows, _ = run_one(
         METHODS[method], profile="smoke", seed=0, noise=0.2, output_dir=tmp_path, progress="none"
     )
-    now = rows[(rows.language == "all") & (rows.margin_class == "all")].iloc[0]
+    now = select(rows).iloc[0]
     assert now.accuracy == pytest.approx(row.accuracy, abs=ACCURACY_TOLERANCE)
     assert now.reference_accuracy == pytest.approx(row.reference_accuracy, abs=ACCURACY_TOLERANCE)
     assert now.n == row.n
@@ -111,8 +110,7 @@ def _grid_definitions() -> dict:
 @pytest.mark.skipif("scale1" not in GRIDS, reason="the scale-1 grid has not been committed yet")
 def test_scale2_includes_the_strongest_scale1_baseline_at_its_noise_rate():
     scale2 = _grid_definitions()["scale2"]
-    scale1 = pd.read_csv(RESULTS / "scale1" / "results.csv")
-    overall = scale1[(scale1.language == "all") & (scale1.margin_class == "all")]
+    overall = select(pd.read_csv(RESULTS / "scale1" / "results.csv"))
     baselines = overall[~overall.method.isin(["dpo", "capo"]) & overall.noise.isin(scale2["noises"])]
     strongest = baselines.groupby("method").accuracy.mean().idxmax()
     assert strongest in scale2["methods"](), f"scale 1's strongest baseline is {strongest}"
