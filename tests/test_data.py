@@ -34,6 +34,7 @@ from capo_tutorial.data import (
     tokenize_pair,
     tokenize_preferences,
 )
+from capo_tutorial.hub_fixtures import write_hub_repository
 from capo_tutorial.testbed import make_testbed
 
 CHAT_TEMPLATE = (
@@ -213,21 +214,9 @@ def _write_hub_layout(root: Path) -> Path:
         "arb_Arab": [("كم يساوي ٢+٢؟", "أربعة", "خمسة", 0.8)],
         "jpn_Jpan": [("二足す二は?", "四", "五", 0.7)],
     }
-    header = ["---", "configs:"]
-    for config, items in rows.items():
-        (root / config).mkdir(parents=True)
-        table = {
-            k: [item[i] for item in items] for i, k in enumerate(["prompt", "chosen", "rejected", "agree"])
-        }
-        datasets.Dataset.from_dict(table).to_parquet(str(root / config / "test.parquet"))
-        header += [
-            f"- config_name: {config}",
-            "  data_files:",
-            "  - split: test",
-            f"    path: {config}/test.parquet",
-        ]
-    (root / "README.md").write_text("\n".join([*header, "---", "# tiny multilingual benchmark", ""]))
-    return root
+    columns = ["prompt", "chosen", "rejected", "agree"]
+    files = {(config, "test"): [dict(zip(columns, item)) for item in items] for config, items in rows.items()}
+    return write_hub_repository(root, files, "parquet")
 
 
 def test_hub_layout_folder_with_per_language_configs(tmp_path):
