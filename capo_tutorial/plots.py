@@ -168,9 +168,9 @@ DEFAULT_LOSSES: tuple[tuple[str, dict[str, Any], str], ...] = (
     ("ipo", {}, "ipo"),
     ("hinge", {}, "hinge"),
     ("simpo", {"target_margin": 0.5}, "simpo (margin 0.5)"),
-    ("capo", {"gamma": 0.5, "tau": 1.0, "normalize": False}, "capo (γ=0.5, τ=1)"),
-    ("capo", {"gamma": 1.0, "tau": 1.0, "normalize": False}, "capo (γ=1, τ=1)"),
-    ("capo", {"gamma": 2.0, "tau": 1.0, "normalize": False}, "capo (γ=2, τ=1)"),
+    ("capo", {"confidence": "sigmoid", "gamma": 0.5, "tau": 1.0, "normalize": False}, "capo (γ=0.5, τ=1)"),
+    ("capo", {"confidence": "sigmoid", "gamma": 1.0, "tau": 1.0, "normalize": False}, "capo (γ=1, τ=1)"),
+    ("capo", {"confidence": "sigmoid", "gamma": 2.0, "tau": 1.0, "normalize": False}, "capo (γ=2, τ=1)"),
 )
 """Every pairwise loss in the package, as (name, params, label): the default of the loss figures.
 
