@@ -37,7 +37,10 @@ def test_help_documents_every_config_field():
         (["train", "--resume", "maybe"], "expected true or false"),
         (["train", "--bogus", "1"], "unrecognized arguments: --bogus"),
         (["eval", "/nonexistent/run"], "holds no config.json"),
-        (["testbed", "--out", "/tmp/x", "--noise", "0.9"], "noise"),
+        (
+            ["testbed", "--out", "/tmp/x", "--noise", "0.9"],
+            "noise rate for 'en' is 0.9; it must be in [0, 0.5]",
+        ),
     ],
 )
 def test_bad_input_is_one_line_with_exit_status_2(arguments, message):
@@ -65,10 +68,15 @@ def test_profiles_are_valid_configs():
     assert profile_config("smoke", beta=0.3).beta == 0.3
 
 
-def test_profile_selection_follows_environment_then_hardware():
+def test_profile_selection_follows_environment_then_hardware(monkeypatch):
     assert select_profile({"CAPO_PROFILE": "cpu"}) == "cpu"
     assert select_profile({"CAPO_PROFILE": " GPU "}) == "gpu"
-    assert select_profile({}) in {"smoke", "gpu"}
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    assert select_profile({}) == "gpu"
+    assert select_profile({"CAPO_PROFILE": "smoke"}) == "smoke", "the environment wins over the hardware"
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert select_profile({}) == "smoke"
+    assert select_profile({"CAPO_PROFILE": ""}) == "smoke", "an empty variable counts as unset"
     with pytest.raises(ValueError, match="not a profile"):
         select_profile({"CAPO_PROFILE": "huge"})
 
