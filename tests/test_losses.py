@@ -91,11 +91,27 @@ def test_capo_sigmoid_gradient_is_generalized_cross_entropy(gamma):
         torch.testing.assert_close(capo_grad, gce_grad, rtol=1e-5, atol=1e-7)
 
 
-def test_gamma_one_bridge_is_a_symmetric_loss():
-    """l(m) = 1 - sigmoid(m) satisfies l(m) + l(-m) = 1: the noise-robust family's defining property."""
-    margin = torch.linspace(-8, 8, 101)
-    bridge = 1 - torch.sigmoid(margin)
-    torch.testing.assert_close(bridge + bridge.flip(0), torch.ones(101))
+def test_capo_at_gamma_one_has_the_gradient_of_a_symmetric_loss():
+    """CAPO at gamma 1 (sigmoid source, tau 1, unnormalised) has the gradient of l(m) = 1 - sigmoid(m),
+    a symmetric loss (l(m) + l(-m) = 1): a pair and its flipped twin are pushed equally hard."""
+
+    def capo_gradient(margin: torch.Tensor) -> torch.Tensor:
+        """d(CAPO loss)/dm for pairs of margin m (beta 1, reference log-probs equal)."""
+        policy_chosen = (margin - 20.0).requires_grad_(True)
+        equal = torch.full_like(margin, -20.0)
+        output = preference_loss(
+            "capo", policy_chosen, equal, equal, equal,
+            beta=1.0, gamma=1.0, tau=1.0, confidence="sigmoid", normalize=False,
+        )  # fmt: skip
+        return torch.autograd.grad(output.losses.sum(), policy_chosen)[0]
+
+    margin = torch.linspace(-8, 8, 33, dtype=torch.float64).requires_grad_(True)
+    symmetric_gradient = torch.autograd.grad((1 - torch.sigmoid(margin)).sum(), margin)[0]
+    gradient = capo_gradient(margin.detach())
+    torch.testing.assert_close(gradient, symmetric_gradient)
+    torch.testing.assert_close(capo_gradient(-margin.detach()), gradient)  # the flipped pair: same push
+    dpo_gradient = -torch.sigmoid(-margin.detach())  # DPO's push grows where the label looks wrong
+    assert (gradient.abs() < dpo_gradient.abs()).all()
 
 
 def test_capo_weights_follow_confidence_and_strength():
