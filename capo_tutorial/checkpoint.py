@@ -15,7 +15,6 @@ every file in it is written, so an interrupted write leaves the previous checkpo
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from pathlib import Path
@@ -24,6 +23,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from capo_tutorial._io import atomic_path
 
 __all__ = [
     "latest_checkpoint",
@@ -90,18 +91,12 @@ def save_checkpoint(
     """
     output_dir = Path(output_dir)
     final = output_dir / f"checkpoint-{step:06d}"
-    temporary = output_dir / f".checkpoint-{step:06d}.tmp"
-    shutil.rmtree(temporary, ignore_errors=True)
-    temporary.mkdir(parents=True)
-    save_file(trainable_state_dict(model), str(temporary / "model.safetensors"))
-    torch.save(optimizer.state_dict(), temporary / "optimizer.pt")
-    torch.save(scheduler.state_dict(), temporary / "scheduler.pt")
-    torch.save(_rng_state(), temporary / "rng.pt")
-    (temporary / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True), encoding="utf-8")
-    _fsync_folder(temporary)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(temporary, final)
+    with atomic_path(final, folder=True) as temporary:
+        save_file(trainable_state_dict(model), str(temporary / "model.safetensors"))
+        torch.save(optimizer.state_dict(), temporary / "optimizer.pt")
+        torch.save(scheduler.state_dict(), temporary / "scheduler.pt")
+        torch.save(_rng_state(), temporary / "rng.pt")
+        (temporary / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True), encoding="utf-8")
     _prune(output_dir, keep)
     return final
 
@@ -148,13 +143,6 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Flush every file of ``folder`` to disk before the rename makes it visible."""
-    for file in folder.iterdir():
-        with open(file, "rb") as handle:
-            os.fsync(handle.fileno())
 
 
 def _prune(output_dir: Path, keep: int) -> None:

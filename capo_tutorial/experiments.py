@@ -16,7 +16,6 @@ stopped) and writes ``manifest.json`` with the exact command, commit, profile an
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import platform
 import subprocess
@@ -32,33 +31,38 @@ from typing import Any
 import pandas as pd
 import torch
 
-from capo_tutorial.config import RunConfig, profile_config
+from capo_tutorial._io import write_text_atomic
+from capo_tutorial.config import profile_config
 from capo_tutorial.evaluation import score_pairs
-from capo_tutorial.metrics import expected_calibration_error
-from capo_tutorial.training import REFERENCE_FREE_LOSSES, TrainResult, train
+from capo_tutorial.losses import CAPO_DEFAULTS, LOSSES
+from capo_tutorial.metrics import pair_cells, pair_summary
+from capo_tutorial.training import TrainResult, train
 
 __all__ = ["METHODS", "RESULT_COLUMNS", "Method", "grid_runs", "run_grid", "run_one", "summarise_run"]
 
 
 @dataclass(frozen=True)
 class Method:
-    """A named loss with its parameters (and, for SimPO, its own beta)."""
+    """A named loss with its parameters (and, for SimPO, its own beta; for filter-dpo, other
+    RunConfig changes such as ``drop_suspect_pairs``)."""
 
     name: str
     loss: str
     params: dict[str, Any] = field(default_factory=dict)
     beta: float | None = None
+    config: dict[str, Any] = field(default_factory=dict)
 
     def config_changes(self) -> dict[str, Any]:
-        changes: dict[str, Any] = {"loss": self.loss, "loss_params": dict(self.params)}
+        changes: dict[str, Any] = {**self.config, "loss": self.loss, "loss_params": dict(self.params)}
         if self.beta is not None:
             changes["beta"] = self.beta
         return changes
 
 
-# The methods of the experiments. "capo" is the variant the sweep grid chose on the validation split
-# (best mean validation reward accuracy at 20% and 40% flipped labels; see experiments/README.md);
-# "capo-sigmoid" is the implicit-reward source, the sweep's reading of the paper's relative reward.
+# The methods of the experiments. "capo" is CAPO_DEFAULTS, the variant the sweep grid chose on the
+# validation split (best mean validation reward accuracy at 20% and 40% flipped labels; see
+# experiments/README.md); "capo-sigmoid" is the implicit-reward source, the sweep's reading of the
+# paper's relative reward.
 METHODS: dict[str, Method] = {
     m.name: m
     for m in [
@@ -68,16 +72,19 @@ METHODS: dict[str, Method] = {
         Method("ipo", "ipo", beta=0.5),
         Method("hinge", "hinge"),
         Method("simpo", "simpo", {"target_margin": 0.5}, beta=2.0),
-        Method("capo", "capo", {"confidence": "reference", "tau": 0.25, "gamma": 1.0}),
+        Method("capo", "capo", dict(CAPO_DEFAULTS)),
         Method("capo-sigmoid", "capo", {"confidence": "sigmoid", "tau": 1.0, "gamma": 1.0}),
+        # "Audit, drop, then DPO": the pairs whose reference confidence is below 0.5 (d_ref < 0, the
+        # audit's default flag, capo_tutorial.audit) are dropped, the rest trained with plain DPO.
+        Method("filter-dpo", "dpo", config={"drop_suspect_pairs": {"threshold": 0.5}}),
     ]
 }
 
 RESULT_COLUMNS = [
-    "method", "loss", "params", "seed", "noise", "systematic", "profile", "eval_split",
-    "language", "margin_class", "n", "accuracy", "margin", "ece",
-    "flipped_memorised", "reference_accuracy", "steps", "seconds",
-]  # fmt: skip
+    *("method", "loss", "params", "seed", "noise", "systematic", "profile", "eval_split"),
+    *("language", "margin_class", "n", "accuracy", "margin", "ece"),
+    *("flipped_memorised", "reference_accuracy", "steps", "seconds"),
+]
 
 
 def run_one(
@@ -92,7 +99,7 @@ def run_one(
         **{**method.config_changes(), **overrides},
     )
     result = train(config)
-    return summarise_run(result, method), result
+    return summarise_run(result, method, profile=profile), result
 
 
 def _flipped_memorised(result: TrainResult) -> float:
@@ -109,20 +116,22 @@ def _flipped_memorised(result: TrainResult) -> float:
         components.collator,
         beta=result.config.beta,
         batch_size=result.config.eval_batch_size,
-        reference_free=result.config.loss in REFERENCE_FREE_LOSSES,
+        reference_free=not LOSSES[result.config.loss].needs_reference,
     )
     return float(predictions.correct.mean())
 
 
-def summarise_run(result: TrainResult, method: Method) -> pd.DataFrame:
-    """Tidy rows of one run: per language x margin class (and "all" of each), see the module doc."""
+def summarise_run(result: TrainResult, method: Method, *, profile: str) -> pd.DataFrame:
+    """Tidy rows of one run: per language x margin class (and "all" of each), see the module doc.
+
+    ``profile`` is the name of the profile the run's config came from (``run_one`` passes it)."""
     config, predictions = result.config, result.predictions
     reference_margin = (
         predictions.reference_chosen_logps / predictions.chosen_length
         - predictions.reference_rejected_logps / predictions.rejected_length
     )
     # A reference-free loss (SimPO) runs without reference log-probs: the column does not apply.
-    reference_free = config.loss in REFERENCE_FREE_LOSSES
+    reference_free = not LOSSES[config.loss].needs_reference
     reference_correct = float("nan") if reference_free else reference_margin > 0
     predictions = predictions.assign(reference_correct=reference_correct)
     shared = {
@@ -132,38 +141,17 @@ def summarise_run(result: TrainResult, method: Method) -> pd.DataFrame:
         "seed": config.seed,
         "noise": config.noise,
         "systematic": ",".join(config.systematic_noise),
-        "profile": _profile_name(config),
+        "profile": profile,
         "eval_split": config.eval_split,
         "flipped_memorised": _flipped_memorised(result),
         "steps": config.max_steps,
         "seconds": round(sum(result.seconds.values()), 2),
     }
-    rows = []
-    for language, margin_class in itertools.product(
-        ["all", *sorted(predictions.language.unique())], ["all", *sorted(predictions.margin_class.unique())]
-    ):
-        cell = predictions
-        if language != "all":
-            cell = cell[cell.language == language]
-        if margin_class != "all":
-            cell = cell[cell.margin_class == margin_class]
-        if len(cell):
-            rows.append({**shared, **_cell_metrics(cell), "language": language, "margin_class": margin_class})
+    rows = [
+        {**shared, **keys, **pair_summary(cell), "reference_accuracy": float(cell.reference_correct.mean())}
+        for keys, cell in pair_cells(predictions, ("language", "margin_class"))
+    ]
     return pd.DataFrame(rows)[RESULT_COLUMNS]
-
-
-def _cell_metrics(cell: pd.DataFrame) -> dict[str, float]:
-    return {
-        "n": len(cell),
-        "accuracy": float(cell.correct.mean()),
-        "margin": float(cell.margin.mean()),
-        "ece": expected_calibration_error(cell.margin),
-        "reference_accuracy": float(cell.reference_correct.mean()),
-    }
-
-
-def _profile_name(config: RunConfig) -> str:
-    return "smoke" if config.model == "tiny" else "cpu" if config.model == "gemma3-270m" else "gpu"
 
 
 def grid_runs(
@@ -200,10 +188,8 @@ def run_grid(
     _write_manifest(out_dir, command, profile, methods, seeds, noises, overrides, started=bool(todo))
     for method, seed, noise in todo:
         start = time.perf_counter()
-        rows, _ = run_one(
-            method, profile=profile, seed=seed, noise=noise,
-            output_dir=out_dir / "runs" / f"{method.name}-seed{seed}-noise{noise}", **overrides,
-        )  # fmt: skip
+        run_dir = out_dir / "runs" / f"{method.name}-seed{seed}-noise{noise}"
+        rows, _ = run_one(method, profile=profile, seed=seed, noise=noise, output_dir=run_dir, **overrides)
         _append_rows(rows, results_path)
         overall = rows[(rows.language == "all") & (rows.margin_class == "all")].iloc[0]
         print(
@@ -283,7 +269,7 @@ def _write_manifest(out_dir, command, profile, methods, seeds, noises, overrides
         manifest.pop("finished", None)
     else:
         manifest["finished"] = stamp
-    path.write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+    write_text_atomic(path, json.dumps(manifest, indent=2, default=str) + "\n")
 
 
 def _version(name: str) -> str:

@@ -12,30 +12,52 @@ Notation (as in the book, chapters 1-2)::
     m = r_w - r_l                                           relative reward, the margin
 
 Add a loss by writing one function with the common signature and decorating it with
-``@register_loss("name")``; :func:`preference_loss` then validates inputs and parameters for it.
+``@register_loss("name", needs_reference=..., needs_lengths=...)``: its :class:`LossSpec` in
+:data:`LOSSES` carries those facts, which validation, training and the TRL integration read, and
+:func:`preference_loss` then validates inputs and parameters for it.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
-from typing import NamedTuple
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
+    "CAPO_DEFAULTS",
     "CONFIDENCE_SOURCES",
     "LOSSES",
     "ConfidenceSignals",
+    "LossSpec",
     "PreferenceLossOutput",
+    "capo_loss",
     "capo_weights",
+    "cdpo_loss",
     "check_loss_parameters",
+    "dpo_loss",
+    "hinge_loss",
+    "ipo_loss",
     "pair_confidence",
     "preference_loss",
     "register_loss",
+    "robust_dpo_loss",
+    "sft_loss",
+    "simpo_loss",
 ]
+
+CAPO_DEFAULTS: Mapping[str, Any] = MappingProxyType({"confidence": "reference", "tau": 0.25, "gamma": 1.0})
+"""The CAPO this project recommends, and the defaults of :func:`capo_loss`: the reference model's
+per-token likelihood margin as the confidence source, temperature 0.25, focusing exponent 1. The
+validation sweep chose it (``experiments/results/sweep``, book chapter 6): the best mean validation
+reward accuracy at 20% and 40% flipped labels among nine CAPO variants. Everything that runs "CAPO"
+without saying how (``METHODS["capo"]``, ``capo train --loss capo``, ``CAPOConfig``, the benchmark)
+reads it from here."""
 
 
 class PreferenceLossOutput(NamedTuple):
@@ -74,63 +96,106 @@ class ConfidenceSignals(NamedTuple):
 LossFunction = Callable[..., PreferenceLossOutput]
 ConfidenceFunction = Callable[[ConfidenceSignals], Tensor]
 
-LOSSES: dict[str, LossFunction] = {}
-"""Every registered loss, by name. Each has the signature of :func:`dpo_loss` plus its own keywords."""
-
-# Which losses need what: checked by preference_loss before the loss runs.
-_NEEDS_LENGTHS = {"ipo", "simpo", "sft"}
-_REFERENCE_FREE = {"simpo", "sft"}
-
-
-def register_loss(name: str) -> Callable[[LossFunction], LossFunction]:
-    """Decorator: add a loss function to :data:`LOSSES` under ``name``."""
-
-    def decorate(function: LossFunction) -> LossFunction:
-        if name in LOSSES:
-            raise ValueError(f"a loss named {name!r} is already registered ({LOSSES[name].__name__})")
-        LOSSES[name] = function
-        return function
-
-    return decorate
+# The arguments every loss takes; a loss's own parameters are its other keywords.
+_LOGP_ARGUMENTS = (
+    "policy_chosen_logps",
+    "policy_rejected_logps",
+    "reference_chosen_logps",
+    "reference_rejected_logps",
+)
+_LENGTH_ARGUMENTS = ("chosen_lengths", "rejected_lengths")
+_PER_BATCH = (*_LOGP_ARGUMENTS, *_LENGTH_ARGUMENTS, "beta", "strength")  # not parameters with defaults
 
 
-# --------------------------------------------------------------------------------------------------
-# Shared pieces
-# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LossSpec:
+    """A registered loss: its function and the facts its callers need, in one place.
+
+    Calling a spec calls the function with ``defaults`` filled in, so ``LOSSES["dpo"](...)`` works
+    like ``dpo_loss(...)``.
+
+    Attributes:
+        name: the key in :data:`LOSSES` (what ``RunConfig.loss`` and ``CAPOConfig.capo_loss`` name).
+        function: the loss, with the signature of :func:`dpo_loss` plus its own keywords.
+        needs_reference: False when the loss runs without reference log-probs (they may be None;
+            training then does not compute them, and evaluation scores by per-token likelihood).
+        needs_lengths: the loss always reads ``chosen_lengths`` / ``rejected_lengths``.
+        takes_strength: the loss accepts a per-pair prior ``strength`` (B,), which training and
+            the TRL integration pass from the data's ``strength`` column.
+        defaults: the loss's own parameters and the values used when the caller gives none.
+    """
+
+    name: str
+    function: LossFunction
+    needs_reference: bool
+    needs_lengths: bool
+    takes_strength: bool
+    defaults: Mapping[str, Any]
+
+    @property
+    def parameters(self) -> tuple[str, ...]:
+        """The keywords a caller may set (beta and the loss's own), in signature order."""
+        names = inspect.signature(self.function).parameters
+        return tuple(name for name in names if name not in _LOGP_ARGUMENTS)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> PreferenceLossOutput:
+        return self.function(*args, **{**self.defaults, **kwargs})
 
 
-def _log_ratios(
-    policy_chosen_logps: Tensor,
-    policy_rejected_logps: Tensor,
-    reference_chosen_logps: Tensor,
-    reference_rejected_logps: Tensor,
-) -> tuple[Tensor, Tensor]:
-    """rho_w, rho_l: policy minus reference log-probs, shape (B,) each."""
-    return policy_chosen_logps - reference_chosen_logps, policy_rejected_logps - reference_rejected_logps
+LOSSES: dict[str, LossSpec] = {}
+"""Every registered loss, by name: a :class:`LossSpec` (callable like the loss function itself)."""
 
 
-def _output(
-    losses: Tensor, chosen_rewards: Tensor, rejected_rewards: Tensor, weights: Tensor | None = None
-) -> PreferenceLossOutput:
-    """Pack per-pair tensors, detaching everything but the losses."""
-    if weights is None:
-        weights = torch.ones_like(losses)
-    return PreferenceLossOutput(losses, chosen_rewards.detach(), rejected_rewards.detach(), weights.detach())
+def register_loss(
+    name: str,
+    function: LossFunction | None = None,
+    *,
+    needs_reference: bool = True,
+    needs_lengths: bool = False,
+    takes_strength: bool | None = None,
+    defaults: Mapping[str, Any] | None = None,
+) -> Any:
+    """Add a loss to :data:`LOSSES` under ``name``: ``register_loss(name, fn, ...)``, or as a decorator
+    ``@register_loss(name, ...)`` (which returns the function unchanged).
 
-
-def _reward_margin(
-    policy_chosen_logps: Tensor,
-    policy_rejected_logps: Tensor,
-    reference_chosen_logps: Tensor,
-    reference_rejected_logps: Tensor,
-    beta: float,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """(m, r_w, r_l) with m = beta * (rho_w - rho_l); m keeps its graph, rewards too (detached later)."""
-    rho_w, rho_l = _log_ratios(
-        policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps
+    Args:
+        name: the registry key; an error if taken.
+        function: the loss (signature of :func:`dpo_loss` plus its own keyword parameters).
+        needs_reference: False for a loss that runs without reference log-probs (SimPO, SFT).
+        needs_lengths: True for a loss that always needs completion token counts.
+        takes_strength: whether it takes a per-pair ``strength``; default: whether its signature has one.
+        defaults: values of its own parameters used when the caller gives none; default: the
+            signature's defaults.
+    """
+    if function is None:
+        return lambda f: register_loss(
+            name,
+            f,
+            needs_reference=needs_reference,
+            needs_lengths=needs_lengths,
+            takes_strength=takes_strength,
+            defaults=defaults,
+        )
+    if name in LOSSES:
+        raise ValueError(f"a loss named {name!r} is already registered ({LOSSES[name].function.__name__})")
+    signature = inspect.signature(function).parameters
+    own = {
+        key: parameter.default
+        for key, parameter in signature.items()
+        if key not in _PER_BATCH and parameter.default is not inspect.Parameter.empty
+    }
+    unknown = set(defaults or {}) - set(signature)
+    if unknown:
+        raise ValueError(f"register_loss({name!r}): defaults {sorted(unknown)} are not keywords of the loss")
+    LOSSES[name] = LossSpec(
+        name=name,
+        function=function,
+        needs_reference=needs_reference,
+        needs_lengths=needs_lengths,
+        takes_strength="strength" in signature if takes_strength is None else takes_strength,
+        defaults=MappingProxyType({**own, **(defaults or {})}),
     )
-    chosen_rewards, rejected_rewards = beta * rho_w, beta * rho_l
-    return chosen_rewards - rejected_rewards, chosen_rewards, rejected_rewards
+    return function
 
 
 # --------------------------------------------------------------------------------------------------
@@ -159,10 +224,50 @@ def dpo_loss(
         beta: KL-regularisation strength (> 0).
         chosen_lengths, rejected_lengths: (B,) completion token counts (unused by DPO).
     """
-    margin, chosen_rewards, rejected_rewards = _reward_margin(
-        policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta
+    chosen_rewards = beta * (policy_chosen_logps - reference_chosen_logps)  # r_w = beta * rho_w
+    rejected_rewards = beta * (policy_rejected_logps - reference_rejected_logps)  # r_l = beta * rho_l
+    losses = -F.logsigmoid(chosen_rewards - rejected_rewards)  # m = r_w - r_l
+    return PreferenceLossOutput(
+        losses, chosen_rewards.detach(), rejected_rewards.detach(), torch.ones_like(losses)
     )
-    return _output(-F.logsigmoid(margin), chosen_rewards, rejected_rewards)
+
+
+def _implicit_rewards(
+    policy_chosen_logps: Tensor,
+    policy_rejected_logps: Tensor,
+    reference_chosen_logps: Tensor,
+    reference_rejected_logps: Tensor,
+    beta: float,
+) -> tuple[Tensor, Tensor]:
+    """(r_w, r_l) = beta * (rho_w, rho_l), shape (B,) each, with their graph (as in :func:`dpo_loss`)."""
+    return (
+        beta * (policy_chosen_logps - reference_chosen_logps),
+        beta * (policy_rejected_logps - reference_rejected_logps),
+    )
+
+
+def _output(
+    losses: Tensor, chosen_rewards: Tensor, rejected_rewards: Tensor, weights: Tensor | None = None
+) -> PreferenceLossOutput:
+    """Pack per-pair tensors, detaching everything but the losses."""
+    if weights is None:
+        weights = torch.ones_like(losses)
+    return PreferenceLossOutput(losses, chosen_rewards.detach(), rejected_rewards.detach(), weights.detach())
+
+
+def _label_noise_dpo(
+    logps: tuple[Tensor, ...], beta: float, eps: float, *, unbiased: bool
+) -> PreferenceLossOutput:
+    """The body of cDPO and robust DPO, which differ in one sign and one scale (eps = flip rate):
+
+    cDPO:        l = -(1 - eps) log sigmoid(m) - eps log sigmoid(-m)
+    robust DPO:  l = (-(1 - eps) log sigmoid(m) + eps log sigmoid(-m)) / (1 - 2 eps)
+    """
+    chosen_rewards, rejected_rewards = _implicit_rewards(*logps, beta)
+    margin = chosen_rewards - rejected_rewards
+    sign, scale = (1, 1 - 2 * eps) if unbiased else (-1, 1)
+    losses = (-(1 - eps) * F.logsigmoid(margin) + sign * eps * F.logsigmoid(-margin)) / scale
+    return _output(losses, chosen_rewards, rejected_rewards)
 
 
 @register_loss("cdpo")
@@ -182,12 +287,8 @@ def cdpo_loss(
     l = -(1 - eps) log sigmoid(m) - eps log sigmoid(-m), eps = ``label_smoothing`` in [0, 0.5].
     (TRL <= 0.24 wrote it as its "sigmoid" loss with label_smoothing.)
     """
-    margin, chosen_rewards, rejected_rewards = _reward_margin(
-        policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta
-    )
-    eps = label_smoothing
-    losses = -(1 - eps) * F.logsigmoid(margin) - eps * F.logsigmoid(-margin)
-    return _output(losses, chosen_rewards, rejected_rewards)
+    logps = (policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps)
+    return _label_noise_dpo(logps, beta, label_smoothing, unbiased=False)
 
 
 @register_loss("rdpo")
@@ -206,15 +307,11 @@ def robust_dpo_loss(
 
     l = (-(1 - eps) log sigmoid(m) + eps log sigmoid(-m)) / (1 - 2 eps), eps in [0, 0.5).
     """
-    margin, chosen_rewards, rejected_rewards = _reward_margin(
-        policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta
-    )
-    eps = label_smoothing
-    losses = (-(1 - eps) * F.logsigmoid(margin) + eps * F.logsigmoid(-margin)) / (1 - 2 * eps)
-    return _output(losses, chosen_rewards, rejected_rewards)
+    logps = (policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps)
+    return _label_noise_dpo(logps, beta, label_smoothing, unbiased=True)
 
 
-@register_loss("ipo")
+@register_loss("ipo", needs_lengths=True)
 def ipo_loss(
     policy_chosen_logps: Tensor,
     policy_rejected_logps: Tensor,
@@ -230,9 +327,8 @@ def ipo_loss(
     l = (rho_w / len(y_w) - rho_l / len(y_l) - 1 / (2 beta))^2; here beta is the paper's tau.
     Rewards are beta * rho (not normalised), as for DPO.
     """
-    rho_w, rho_l = _log_ratios(
-        policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps
-    )
+    rho_w = policy_chosen_logps - reference_chosen_logps
+    rho_l = policy_rejected_logps - reference_rejected_logps
     per_token_delta = rho_w / chosen_lengths - rho_l / rejected_lengths
     losses = (per_token_delta - 1 / (2 * beta)) ** 2
     return _output(losses, beta * rho_w, beta * rho_l)
@@ -250,13 +346,13 @@ def hinge_loss(
     rejected_lengths: Tensor | None = None,
 ) -> PreferenceLossOutput:
     """Hinge loss of SLiC (Zhao et al. 2023) on the DPO margin: l = max(0, 1 - m)."""
-    margin, chosen_rewards, rejected_rewards = _reward_margin(
+    chosen_rewards, rejected_rewards = _implicit_rewards(
         policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta
     )
-    return _output(torch.relu(1 - margin), chosen_rewards, rejected_rewards)
+    return _output(torch.relu(1 - (chosen_rewards - rejected_rewards)), chosen_rewards, rejected_rewards)
 
 
-@register_loss("simpo")
+@register_loss("simpo", needs_reference=False, needs_lengths=True)
 def simpo_loss(
     policy_chosen_logps: Tensor,
     policy_rejected_logps: Tensor,
@@ -279,7 +375,7 @@ def simpo_loss(
     return _output(losses, chosen_rewards, rejected_rewards)
 
 
-@register_loss("sft")
+@register_loss("sft", needs_reference=False, needs_lengths=True)
 def sft_loss(
     policy_chosen_logps: Tensor,
     policy_rejected_logps: Tensor,
@@ -300,10 +396,10 @@ def sft_loss(
     if reference_chosen_logps is None or reference_rejected_logps is None:
         zeros = torch.zeros_like(policy_chosen_logps)
         return _output(losses, zeros, zeros)
-    rho_w, rho_l = _log_ratios(
-        policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps
+    chosen_rewards, rejected_rewards = _implicit_rewards(
+        policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta
     )
-    return _output(losses, beta * rho_w, beta * rho_l)
+    return _output(losses, chosen_rewards, rejected_rewards)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -360,7 +456,9 @@ def _log_confidence(signals: ConfidenceSignals, source: str | ConfidenceFunction
 
 
 def pair_confidence(
-    signals: ConfidenceSignals, source: str | ConfidenceFunction = "sigmoid", tau: float = 1.0
+    signals: ConfidenceSignals,
+    source: str | ConfidenceFunction = CAPO_DEFAULTS["confidence"],
+    tau: float = CAPO_DEFAULTS["tau"],
 ) -> Tensor:
     """c in [0, 1], shape (B,), float32: the confidence that each pair's label is right (detached)."""
     return _log_confidence(signals, source, tau).exp()
@@ -369,9 +467,9 @@ def pair_confidence(
 def capo_weights(
     signals: ConfidenceSignals,
     *,
-    gamma: float = 1.0,
-    tau: float = 1.0,
-    source: str | ConfidenceFunction = "sigmoid",
+    gamma: float = CAPO_DEFAULTS["gamma"],
+    tau: float = CAPO_DEFAULTS["tau"],
+    source: str | ConfidenceFunction = CAPO_DEFAULTS["confidence"],
     normalize: bool = True,
     strength: Tensor | None = None,
 ) -> Tensor:
@@ -404,13 +502,17 @@ def capo_loss(
     beta: float = 0.1,
     chosen_lengths: Tensor | None = None,
     rejected_lengths: Tensor | None = None,
-    gamma: float = 1.0,
-    tau: float = 1.0,
-    confidence: str | ConfidenceFunction = "sigmoid",
+    gamma: float = CAPO_DEFAULTS["gamma"],
+    tau: float = CAPO_DEFAULTS["tau"],
+    confidence: str | ConfidenceFunction = CAPO_DEFAULTS["confidence"],
     normalize: bool = True,
     strength: Tensor | None = None,
 ) -> PreferenceLossOutput:
     """CAPO as this project derives it (book, ch. 2): l_i = -w_i log sigmoid(m_i), w = stopgrad(c**gamma s).
+
+    The defaults are :data:`CAPO_DEFAULTS` (the reference source, tau = 0.25, gamma = 1), which need
+    ``chosen_lengths`` and ``rejected_lengths``; ``confidence="sigmoid", tau=1`` is the literal
+    reading of the paper's relative-reward confidence, which the book (ch. 2) argues fails.
 
     Args:
         gamma: focusing exponent (>= 0); gamma = 0 with s = 1 is exactly DPO.
@@ -422,9 +524,10 @@ def capo_loss(
         normalize: rescale the weights to mean 1 over the batch (keeps the loss scale of DPO).
         strength: (B,) prior strength s >= 0 from the data set (None: 1 for every pair).
     """
-    margin, chosen_rewards, rejected_rewards = _reward_margin(
+    chosen_rewards, rejected_rewards = _implicit_rewards(
         policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta
     )
+    margin = chosen_rewards - rejected_rewards
     signals = ConfidenceSignals(
         margin=margin.detach(),
         reference_margin=_per_token_margin(
@@ -445,13 +548,6 @@ def capo_loss(
 # --------------------------------------------------------------------------------------------------
 # The front door: validation, then dispatch
 # --------------------------------------------------------------------------------------------------
-
-_LOGP_ARGUMENTS = (
-    "policy_chosen_logps",
-    "policy_rejected_logps",
-    "reference_chosen_logps",
-    "reference_rejected_logps",
-)
 
 # name -> (check, what the parameter must be); only the parameters that each loss accepts are checked.
 _PARAMETER_RULES: dict[str, tuple[Callable[[float], bool], str]] = {
@@ -482,22 +578,22 @@ def _check_tensor(name: str, value, batch_shape: torch.Size | None) -> torch.Siz
     return value.shape
 
 
-def _check_logps(name: str, arguments: dict[str, Tensor | None]) -> None:
+def _check_logps(spec: LossSpec, arguments: dict[str, Tensor | None]) -> None:
     """Shape, finiteness and presence checks for the log-prob and length tensors."""
     batch_shape = None
     for argument in _LOGP_ARGUMENTS:
         value = arguments[argument]
         if value is None:
-            if argument.startswith("reference") and name in _REFERENCE_FREE:
+            if argument.startswith("reference") and not spec.needs_reference:
                 continue
-            raise ValueError(f"loss {name!r} needs {argument}; got None")
+            raise ValueError(f"loss {spec.name!r} needs {argument}; got None")
         batch_shape = _check_tensor(argument, value, batch_shape)
-    for argument in ("chosen_lengths", "rejected_lengths"):
+    for argument in _LENGTH_ARGUMENTS:
         value = arguments[argument]
         if value is None:
-            if name in _NEEDS_LENGTHS:
+            if spec.needs_lengths:
                 raise ValueError(
-                    f"loss {name!r} needs {argument} (completion token counts, shape (B,)); got None"
+                    f"loss {spec.name!r} needs {argument} (completion token counts, shape (B,)); got None"
                 )
             continue
         _check_tensor(argument, value, batch_shape)
@@ -510,7 +606,7 @@ def check_loss_parameters(name: str, **params) -> None:
     range (tensors such as ``strength`` are checked later, with the batch). Configs call this early."""
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; known losses: {sorted(LOSSES)}")
-    accepted = [p for p in inspect.signature(LOSSES[name]).parameters if p not in _LOGP_ARGUMENTS]
+    accepted = list(LOSSES[name].parameters)
     for key, value in params.items():
         if key not in accepted:
             raise ValueError(f"loss {name!r} has no parameter {key!r}; it accepts {accepted}")
@@ -558,13 +654,15 @@ def preference_loss(
         name: a key of :data:`LOSSES` ("dpo", "cdpo", "rdpo", "ipo", "hinge", "simpo", "sft", "capo").
         policy_chosen_logps, policy_rejected_logps: (B,) summed completion log-probs under the policy.
         reference_chosen_logps, reference_rejected_logps: (B,) the same under the reference model
-            (may be None for reference-free losses: "simpo", "sft").
+            (may be None for a loss whose spec says ``needs_reference=False``: "simpo", "sft").
         beta: the inverse temperature of the implicit reward (> 0).
-        chosen_lengths, rejected_lengths: (B,) completion token counts (needed by "ipo", "simpo",
-            "sft", and by capo's "reference" and "policy" confidence sources).
+        chosen_lengths, rejected_lengths: (B,) completion token counts (needed by a loss whose spec
+            says ``needs_lengths``: "ipo", "simpo", "sft"; and by capo's "reference" and "policy"
+            confidence sources, its default among them).
         validate: check shapes, finiteness and parameter ranges (one host sync); a training loop
             that guards its loss for NaN may pass False.
-        **params: the loss's own parameters (e.g. ``gamma``, ``tau`` for "capo").
+        **params: the loss's own parameters (e.g. ``gamma``, ``tau`` for "capo"); those not given
+            take the spec's ``defaults``.
 
     Returns:
         PreferenceLossOutput(losses, chosen_rewards, rejected_rewards, weights), each (B,).
@@ -574,7 +672,7 @@ def preference_loss(
     """
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; known losses: {sorted(LOSSES)}")
-    function = LOSSES[name]
+    spec = LOSSES[name]
     arguments = dict(
         policy_chosen_logps=policy_chosen_logps,
         policy_rejected_logps=policy_rejected_logps,
@@ -584,7 +682,7 @@ def preference_loss(
         rejected_lengths=rejected_lengths,
     )
     if validate:
-        _check_logps(name, arguments)
+        _check_logps(spec, arguments)
         check_loss_parameters(name, beta=beta, **params)
         _check_strength(params, policy_chosen_logps.shape)
-    return function(**arguments, beta=beta, **params)
+    return spec(**arguments, beta=beta, **params)

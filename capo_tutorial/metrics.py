@@ -8,8 +8,10 @@ reward accuracy is ``mean 1[r_w > r_l]`` (strict: a tie counts as wrong) and the
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -17,8 +19,11 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "accuracy_interval",
     "calibration_table",
     "expected_calibration_error",
+    "pair_cells",
+    "pair_summary",
     "per_language_summary",
     "reward_accuracy",
     "reward_margin",
@@ -56,6 +61,16 @@ def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> tu
     centre = (p + z**2 / (2 * trials)) / denominator
     half_width = z * math.sqrt(p * (1 - p) / trials + z**2 / (4 * trials**2)) / denominator
     return max(0.0, centre - half_width), min(1.0, centre + half_width)
+
+
+def accuracy_interval(correct: ArrayLike, confidence: float = 0.95) -> tuple[float, float, float]:
+    """(accuracy, low, high): the share of True in ``correct`` (B,), and its Wilson interval (NaN: empty)."""
+    values = _as_numpy(correct).astype(bool)
+    if not values.size:
+        return math.nan, math.nan, math.nan
+    wins = int(values.sum())
+    low, high = wilson_interval(wins, values.size, confidence)
+    return wins / values.size, low, high
 
 
 def _normal_quantile(probability: float) -> float:
@@ -99,17 +114,40 @@ def per_language_summary(
 
 
 def _summary_row(name: str, rows: pd.DataFrame, confidence: float) -> dict:
-    wins = int((rows.chosen_reward > rows.rejected_reward).sum())
-    low, high = wilson_interval(wins, len(rows), confidence)
+    accuracy, low, high = accuracy_interval(rows.chosen_reward > rows.rejected_reward, confidence)
     return {
         "language": name,
         "n": len(rows),
-        "accuracy": wins / len(rows),
+        "accuracy": accuracy,
         "accuracy_low": low,
         "accuracy_high": high,
         "margin": float((rows.chosen_reward - rows.rejected_reward).mean()),
         "chosen_reward": float(rows.chosen_reward.mean()),
         "rejected_reward": float(rows.rejected_reward.mean()),
+    }
+
+
+def pair_cells(predictions: pd.DataFrame, by: Sequence[str]) -> Iterator[tuple[dict[str, Any], pd.DataFrame]]:
+    """The cells of scored pairs for every combination of the ``by`` columns' values, each column's
+    values sorted after "all" (every value pooled): yields ({column: value}, rows); empty cells skipped."""
+    levels = [["all", *sorted(predictions[column].unique())] for column in by]
+    for values in itertools.product(*levels):
+        cell = predictions
+        for column, value in zip(by, values):
+            if value != "all":
+                cell = cell[cell[column] == value]
+        if len(cell):
+            yield dict(zip(by, values)), cell
+
+
+def pair_summary(cell: pd.DataFrame) -> dict[str, float]:
+    """n, reward accuracy (share of ``correct``: r_w > r_l strictly), mean ``margin`` and its ECE, of
+    scored pairs (a frame of ``capo_tutorial.evaluation.score_pairs``)."""
+    return {
+        "n": len(cell),
+        "accuracy": float(cell.correct.mean()),
+        "margin": float(cell.margin.mean()),
+        "ece": expected_calibration_error(cell.margin),
     }
 
 

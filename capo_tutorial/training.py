@@ -13,7 +13,6 @@ and go to ``history.jsonl``; the final per-language evaluation goes to ``evaluat
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import os
@@ -44,8 +43,6 @@ from capo_tutorial.logprobs import concatenated_logps, sequence_logps
 from capo_tutorial.losses import LOSSES, preference_loss
 
 __all__ = ["TrainResult", "TrainingDivergedError", "evaluate_run", "train"]
-
-REFERENCE_FREE_LOSSES = {"simpo"}
 
 
 class TrainingDivergedError(RuntimeError):
@@ -327,12 +324,12 @@ def _preference_step(model, batch, config, components, accelerator) -> dict[str,
     """The configured preference loss on the 2B batch, and TRL's metrics of it (detached)."""
     with accelerator.autocast():
         policy = concatenated_logps(model, batch)
-    if config.loss in REFERENCE_FREE_LOSSES:
+    if _reference_free(config.loss):
         ref_chosen = ref_rejected = None
     else:
         ref_chosen, ref_rejected = components.reference.logps(batch)
     params = dict(config.loss_params)
-    if "strength" in batch and _accepts_strength(config.loss):
+    if "strength" in batch and LOSSES[config.loss].takes_strength:
         params["strength"] = batch["strength"]
     output = preference_loss(
         config.loss,
@@ -363,9 +360,9 @@ def _preference_step(model, batch, config, components, accelerator) -> dict[str,
     }
 
 
-def _accepts_strength(loss: str) -> bool:
-    """Whether a registered loss takes a per-pair ``strength`` (CAPO does; so may a user's own loss)."""
-    return "strength" in inspect.signature(LOSSES[loss]).parameters
+def _reference_free(loss: str) -> bool:
+    """Whether a registered loss trains without reference log-probs (its spec says: SimPO, SFT, ...)."""
+    return not LOSSES[loss].needs_reference
 
 
 def _evaluate(config: RunConfig, components: Components, accelerator: Accelerator) -> pd.DataFrame:
@@ -377,7 +374,7 @@ def _evaluate(config: RunConfig, components: Components, accelerator: Accelerato
         beta=config.beta,
         batch_size=config.eval_batch_size,
         accelerator=accelerator,
-        reference_free=config.loss in REFERENCE_FREE_LOSSES,
+        reference_free=_reference_free(config.loss),
     )
 
 

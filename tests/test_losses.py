@@ -82,7 +82,9 @@ def test_capo_with_gamma_zero_is_dpo_for_a_callable_that_returns_zeros():
 def test_capo_sigmoid_gradient_is_generalized_cross_entropy(gamma):
     """Stop-gradient sigmoid(m)**gamma weighting has the gradient of (1 - sigmoid(m)**gamma) / gamma."""
     tensors = random_logps(seed=5, scale=20)
-    _, capo_grads = loss_and_grads("capo", tensors, gamma=gamma, tau=1.0, normalize=False)
+    _, capo_grads = loss_and_grads(
+        "capo", tensors, gamma=gamma, tau=1.0, confidence="sigmoid", normalize=False
+    )
     pc, pr, rc, rr, _, _ = tensors
     margin = 0.1 * ((pc - rc) - (pr - rr))
     gce = (1 - torch.sigmoid(margin) ** gamma) / gamma
@@ -117,22 +119,31 @@ def test_capo_at_gamma_one_has_the_gradient_of_a_symmetric_loss():
 def test_capo_weights_follow_confidence_and_strength():
     margin = torch.tensor([-2.0, 0.0, 2.0, 4.0])
     signals = ConfidenceSignals(margin, None, None, None, None)
-    raw = capo_weights(signals, gamma=2.0, tau=1.0, normalize=False)
+    raw = capo_weights(signals, gamma=2.0, tau=1.0, source="sigmoid", normalize=False)
     torch.testing.assert_close(raw, torch.sigmoid(margin) ** 2)
-    normalized = capo_weights(signals, gamma=2.0, normalize=True)
+    normalized = capo_weights(signals, gamma=2.0, tau=1.0, source="sigmoid", normalize=True)
     torch.testing.assert_close(normalized.mean(), torch.tensor(1.0))
     torch.testing.assert_close(normalized / normalized[0], raw / raw[0])
     strength = torch.tensor([1.0, 0.0, 2.0, 1.0])
-    weighted = capo_weights(signals, gamma=2.0, normalize=False, strength=strength)
+    weighted = capo_weights(signals, gamma=2.0, tau=1.0, source="sigmoid", normalize=False, strength=strength)
     torch.testing.assert_close(weighted, raw * strength)
 
 
 def test_reference_source_uses_per_token_reference_margin():
     pc, pr, rc, rr, lc, lr = random_logps(seed=6)
     output = preference_loss(
-        "capo", pc, pr, rc, rr, chosen_lengths=lc, rejected_lengths=lr,
-        gamma=1.0, tau=0.5, confidence="reference", normalize=False,
-    )  # fmt: skip
+        "capo",
+        pc,
+        pr,
+        rc,
+        rr,
+        chosen_lengths=lc,
+        rejected_lengths=lr,
+        gamma=1.0,
+        tau=0.5,
+        confidence="reference",
+        normalize=False,
+    )
     expected = torch.sigmoid((rc / lc - rr / lr) / 0.5)
     torch.testing.assert_close(output.weights, expected)
 
@@ -140,9 +151,18 @@ def test_reference_source_uses_per_token_reference_margin():
 def test_policy_source_is_detached_per_token_policy_margin():
     pc, pr, rc, rr, lc, lr = random_logps(seed=7)
     output = preference_loss(
-        "capo", pc, pr, rc, rr, chosen_lengths=lc, rejected_lengths=lr,
-        gamma=1.0, tau=2.0, confidence="policy", normalize=False,
-    )  # fmt: skip
+        "capo",
+        pc,
+        pr,
+        rc,
+        rr,
+        chosen_lengths=lc,
+        rejected_lengths=lr,
+        gamma=1.0,
+        tau=2.0,
+        confidence="policy",
+        normalize=False,
+    )
     torch.testing.assert_close(output.weights, torch.sigmoid((pc / lc - pr / lr).detach() / 2.0))
     # The weight is a constant: the gradient is the weighted DPO gradient.
     grads = torch.autograd.grad(output.losses.sum(), [pc])[0]
@@ -168,9 +188,17 @@ def test_callable_confidence_receives_all_signals():
 
     pc, pr, rc, rr, lc, lr = random_logps(seed=8)
     output = preference_loss(
-        "capo", pc, pr, rc, rr, chosen_lengths=lc, rejected_lengths=lr,
-        gamma=1.0, confidence=my_confidence, normalize=False,
-    )  # fmt: skip
+        "capo",
+        pc,
+        pr,
+        rc,
+        rr,
+        chosen_lengths=lc,
+        rejected_lengths=lr,
+        gamma=1.0,
+        confidence=my_confidence,
+        normalize=False,
+    )
     torch.testing.assert_close(output.weights, torch.full((16,), 0.25))
     assert seen["signals"].reference_margin is not None and seen["signals"].policy_margin is not None
     assert not seen["signals"].margin.requires_grad
@@ -191,9 +219,19 @@ def test_capo_weights_are_finite_and_non_negative_at_extreme_margins(dtype, sour
     zeros = torch.zeros(6, dtype=dtype)
     for gamma in (0.0, 0.5, 1.0, 4.0):
         output = preference_loss(
-            "capo", big, -big, zeros, zeros, beta=1.0, chosen_lengths=lengths, rejected_lengths=lengths,
-            gamma=gamma, tau=0.25, confidence=source, normalize=normalize,
-        )  # fmt: skip
+            "capo",
+            big,
+            -big,
+            zeros,
+            zeros,
+            beta=1.0,
+            chosen_lengths=lengths,
+            rejected_lengths=lengths,
+            gamma=gamma,
+            tau=0.25,
+            confidence=source,
+            normalize=normalize,
+        )
         assert output.weights.dtype == dtype
         assert bool(torch.isfinite(output.weights).all()), (gamma, output.weights)
         assert bool((output.weights >= 0).all())
@@ -204,7 +242,7 @@ def test_capo_weights_are_finite_and_non_negative_at_extreme_margins(dtype, sour
 
 def test_all_zero_strength_gives_zero_weights_not_nan():
     pc, pr, rc, rr, _, _ = random_logps(batch_size=4, seed=10)
-    output = preference_loss("capo", pc, pr, rc, rr, strength=torch.zeros(4))
+    output = preference_loss("capo", pc, pr, rc, rr, confidence="sigmoid", strength=torch.zeros(4))
     assert torch.equal(output.weights, torch.zeros(4))
     assert torch.equal(output.losses.detach(), torch.zeros(4))
 

@@ -1,0 +1,59 @@
+"""Atomic writes: a file or folder appears under its final name complete, or not at all.
+
+The content is written under a temporary name beside the target, flushed to disk (fsync), then
+renamed onto the target (``os.replace``, atomic on POSIX and Windows), so that a crash or a reader
+in another process never sees half a file. Checkpoints, grid manifests and benchmark reports use it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+__all__ = ["atomic_path", "write_text_atomic"]
+
+
+@contextlib.contextmanager
+def atomic_path(final: str | Path, *, folder: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``final`` to write to; on success, fsync it and rename it onto ``final``.
+
+    Args:
+        final: the file (or folder) to create or replace.
+        folder: yield an empty temporary folder (its files are each flushed) instead of a file path.
+
+    On an exception inside the block the temporary is removed and ``final`` is left as it was.
+    """
+    final = Path(final)
+    temporary = final.with_name(f".{final.name}.tmp")
+    _remove(temporary)
+    if folder:
+        temporary.mkdir(parents=True)
+    else:
+        temporary.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        yield temporary
+        for file in temporary.iterdir() if folder else [temporary]:
+            with open(file, "rb") as handle:
+                os.fsync(handle.fileno())
+        if folder and final.exists():
+            shutil.rmtree(final)  # os.replace cannot replace a non-empty folder
+        os.replace(temporary, final)
+    finally:
+        _remove(temporary)
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically; returns the path."""
+    with atomic_path(path) as temporary:
+        temporary.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists():
+        path.unlink()
