@@ -1,8 +1,9 @@
 """Shared pieces of the TRL tests: TRL's version, a tiny offline model, tokenizer and preference data.
 
-Nothing here downloads anything: the tokenizer is a byte-level BPE trained on the records below, the
-model a 2-layer Llama built from a config. Used by test_trl_parity.py and test_trl_integration.py,
-which run in the main environment and in each environment of ``.ci/trl_matrix.sh``.
+Nothing here downloads anything: the model and tokenizer are the package's tiny ones
+(``capo_tutorial.models.tiny_model_and_tokenizer``), the tokenizer trained on the records below.
+Used by test_trl_parity.py and test_trl_integration.py, which run in the main environment and in
+each environment of ``.ci/trl_matrix.sh``.
 """
 
 from __future__ import annotations
@@ -43,45 +44,24 @@ def preference_records(n: int = 12, seed: int = 0, with_strength: bool = False) 
     return records
 
 
-def tiny_tokenizer():
-    """A byte-level BPE tokenizer trained on the records' text, with <s>, </s> and <pad>."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+def tiny_model_and_tokenizer(seed: int = 0):
+    """The package's tiny Llama (2 layers, hidden size 32, float32, eval mode) and a byte-level BPE
+    tokenizer trained on the records' text: ``capo_tutorial.models.tiny_model_and_tokenizer``, sized down."""
+    from capo_tutorial.models import tiny_model_and_tokenizer as build
 
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300,
-        special_tokens=["<pad>", "<s>", "</s>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
     texts = [r["prompt"] + r["chosen"] + r["rejected"] for r in preference_records(200, seed=1)]
-    tokenizer.train_from_iterator(texts, trainer=trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
-    )
-
-
-def tiny_model(tokenizer, seed: int = 0):
-    """A randomly initialised 2-layer Llama (hidden size 32) matching ``tokenizer``, float32, eval mode."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
+    model, tokenizer = build(
+        texts,
+        seed=seed,
+        vocab_size=300,
+        max_position_embeddings=64,
         hidden_size=32,
         intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
     )
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(config).eval()
+    return model.float().eval(), tokenizer
 
 
 def saved_tiny_model(folder: Path, seed: int = 0) -> tuple[Path, Any]:
@@ -90,8 +70,8 @@ def saved_tiny_model(folder: Path, seed: int = 0) -> tuple[Path, Any]:
     TRL loads its reference model from the policy's ``name_or_path`` when no ``ref_model`` is given, so
     the trainers in the tests load the policy from this folder too.
     """
-    tokenizer = tiny_tokenizer()
-    tiny_model(tokenizer, seed).save_pretrained(folder)
+    model, tokenizer = tiny_model_and_tokenizer(seed)
+    model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder, tokenizer
 

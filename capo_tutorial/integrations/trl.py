@@ -4,15 +4,15 @@ One line changes in a TRL DPO script: the config and the trainer class::
 
     from capo_tutorial.integrations.trl import CAPOConfig, CAPOTrainer
 
-    args = CAPOConfig(output_dir="out", beta=0.1, capo_loss="capo",
-                      capo_params={"gamma": 1.0, "confidence": "reference", "tau": 0.5})
+    args = CAPOConfig(output_dir="out", beta=0.1, capo_loss="capo")  # CAPO_DEFAULTS
     trainer = CAPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
     trainer.train()
 
 What stays TRL's: the data pipeline (prompt extraction, tokenization, the collator's 2B batch of
 chosen rows then rejected rows with a completion mask), the reference model (a ``ref_model``, the
 frozen copy TRL loads from the policy's name_or_path, the disabled PEFT adapter, or log-probs that
-TRL precomputes into the columns ``ref_chosen_logps`` / ``ref_rejected_logps``), optimisation,
+TRL precomputes into the columns ``ref_chosen_logps`` / ``ref_rejected_logps``; not run for a loss
+registered with ``needs_reference=False``), optimisation,
 logging and checkpoints. What changes is :meth:`CAPOTrainer.compute_loss`: summed completion
 log-probs from :func:`capo_tutorial.logprobs.concatenated_logps`, then the per-pair loss from
 :func:`capo_tutorial.losses.preference_loss`, averaged over the batch.
@@ -35,7 +35,6 @@ versions are refused at import.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import json
 import numbers
 import warnings
@@ -48,7 +47,7 @@ from packaging.version import Version
 from torch import Tensor, nn
 
 from capo_tutorial.logprobs import PairLogps, concatenated_logps
-from capo_tutorial.losses import LOSSES, PreferenceLossOutput, preference_loss
+from capo_tutorial.losses import CAPO_DEFAULTS, LOSSES, PreferenceLossOutput, preference_loss
 
 __all__ = ["STRENGTH_COLUMN", "SUPPORTED_TRL", "CAPOConfig", "CAPOTrainer", "StrengthCollator"]
 
@@ -127,13 +126,13 @@ def _validate_loss_params(name: str, params: Mapping[str, Any], beta: float) -> 
             raise ValueError(f"CAPOConfig.capo_params must not contain {reserved!r}: {where}")
     logps = torch.tensor([-4.0, -6.0])
     lengths = torch.tensor([2.0, 3.0])
+    reference = (logps - 1, logps.flip(0) - 1) if LOSSES[name].needs_reference else (None, None)
     try:
         preference_loss(
             name,
             logps,
             logps.flip(0),
-            logps - 1,
-            logps.flip(0) - 1,
+            *reference,
             beta=beta,
             chosen_lengths=lengths,
             rejected_lengths=lengths.flip(0),
@@ -165,9 +164,10 @@ class CAPOConfig(DPOConfig):
     capo_params: dict[str, Any] | str | None = field(
         default=None,
         metadata={
-            "help": "Keyword parameters of the loss besides beta, e.g. {'gamma': 1.0, 'tau': 0.5, "
-            "'confidence': 'reference'} for 'capo'. A JSON string is accepted (command line). A "
-            "callable confidence must be a module-level function, so that checkpoints can pickle it."
+            "help": "Keyword parameters of the loss besides beta; those left out take the loss's "
+            f"registered defaults (for 'capo': {dict(CAPO_DEFAULTS)}). A JSON string is accepted "
+            "(command line). A callable confidence must be a module-level function, so that "
+            "checkpoints can pickle it."
         },
     )
 
@@ -235,10 +235,6 @@ class StrengthCollator:
 # --------------------------------------------------------------------------------------------------
 
 
-def _loss_takes_strength(name: str) -> bool:
-    return STRENGTH_COLUMN in inspect.signature(LOSSES[name]).parameters
-
-
 class CAPOTrainer(DPOTrainer):
     """TRL's DPOTrainer with the loss computed by :func:`capo_tutorial.losses.preference_loss`.
 
@@ -271,7 +267,7 @@ class CAPOTrainer(DPOTrainer):
             )
         self.capo_loss: str = args.capo_loss
         self.capo_params: dict[str, Any] = dict(args.capo_params)
-        self._loss_takes_strength = _loss_takes_strength(args.capo_loss)
+        self._loss_takes_strength = LOSSES[args.capo_loss].takes_strength
         self.data_collator = StrengthCollator(self.data_collator)
         self._warn_if_strength_unused()
 
@@ -318,7 +314,11 @@ class CAPOTrainer(DPOTrainer):
         mode = "train" if self.model.training else "eval"
         batch = self._text_batch(inputs)
         policy = concatenated_logps(model, batch)
-        reference_chosen, reference_rejected = self._reference_logps(inputs, batch)
+        reference_chosen = reference_rejected = None  # a reference-free loss (SimPO, SFT) needs none
+        if LOSSES[self.capo_loss].needs_reference:
+            reference_chosen, reference_rejected = (
+                logps.to(policy.chosen_logps) for logps in self._reference_logps(inputs, batch)
+            )
         params = dict(self.capo_params)
         if self._loss_takes_strength and STRENGTH_COLUMN in inputs:
             params[STRENGTH_COLUMN] = inputs[STRENGTH_COLUMN].to(policy.chosen_logps)
@@ -326,8 +326,8 @@ class CAPOTrainer(DPOTrainer):
             self.capo_loss,
             policy.chosen_logps,
             policy.rejected_logps,
-            reference_chosen.to(policy.chosen_logps),
-            reference_rejected.to(policy.rejected_logps),
+            reference_chosen,
+            reference_rejected,
             beta=self.beta,
             chosen_lengths=policy.chosen_lengths,
             rejected_lengths=policy.rejected_lengths,
