@@ -31,8 +31,9 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
-from capo_tutorial.analysis import require_columns
+from capo_tutorial.analysis import require_columns, summarise_seeds
 from capo_tutorial.losses import ConfidenceSignals, capo_weights, preference_loss
+from capo_tutorial.metrics import accuracy_interval
 
 __all__ = [
     "DEFAULT_LOSSES",
@@ -526,7 +527,7 @@ def plot_accuracy_vs_noise(
         fig, ax = _new_axes(ax, (8.5, 4))
         for offset, level in zip(offsets, levels):
             rows = results[results[hue] == level]
-            summary = rows.groupby(x)[y].agg(["mean", "std"]).reindex(xs)
+            summary = summarise_seeds(_with_seed(rows), y, by=[x]).set_index(x).reindex(xs)
             colour = palette[level]
             ax.scatter(
                 rows[x].to_numpy(dtype=float) + offset,
@@ -837,13 +838,25 @@ def plot_label_noise(table: pd.DataFrame | Sequence[Mapping[str, Any]], *, ax: A
         fig, ax = _new_axes(ax, (max(6.0, 0.42 * len(frame) + 2.5), 3.8))
         ax.bar(positions, random_share, width=0.7, color=colours[0], label="random flips")
         ax.bar(
-            positions, systematic_share, width=0.7, bottom=random_share, color=colours[3],
-            hatch="//", edgecolor="white", label="systematic flips",
-        )  # fmt: skip
+            positions,
+            systematic_share,
+            width=0.7,
+            bottom=random_share,
+            color=colours[3],
+            hatch="//",
+            edgecolor="white",
+            label="systematic flips",
+        )
         ax.plot(
-            positions, frame["noise_asked"].to_numpy(float), linestyle="none", marker="_",
-            markersize=18, markeredgewidth=2.2, color="0.15", label="asked rate",
-        )  # fmt: skip
+            positions,
+            frame["noise_asked"].to_numpy(float),
+            linestyle="none",
+            marker="_",
+            markersize=18,
+            markeredgewidth=2.2,
+            color="0.15",
+            label="asked rate",
+        )
         if "resource_tier" in frame.columns:
             tiers = frame["resource_tier"].to_numpy()
             for boundary in np.flatnonzero(tiers[1:] != tiers[:-1]):
@@ -1057,8 +1070,6 @@ def plot_label_agreement(
         The figure; its axes holds one bar container per model (label = the name), one bar per group
         ("clean label", then "flipped label"), heights in percent.
     """
-    from capo_tutorial.metrics import wilson_interval
-
     for name, table in tables.items():
         missing = {correct, flipped} - set(table.columns)
         if missing:
@@ -1078,9 +1089,7 @@ def plot_label_agreement(
                     shares.append(np.nan)
                     errors.append((0.0, 0.0))
                     continue
-                wins = int(rows[correct].astype(bool).sum())
-                low, high = wilson_interval(wins, len(rows))
-                share = wins / len(rows)
+                share, low, high = accuracy_interval(rows[correct].astype(bool))
                 shares.append(100 * share)
                 errors.append((100 * (share - low), 100 * (high - share)))
             bars = ax.bar(
@@ -1122,12 +1131,22 @@ def _language_order(values: Sequence[str]) -> list[str]:
     return [*languages, "all"] if "all" in set(map(str, values)) else languages
 
 
-def _spread(values: pd.Series, spread: str) -> tuple[float, float]:
-    """(below, above) the mean: one standard deviation each way, or the distance to min and max."""
-    mean = float(values.mean())
+def _with_seed(rows: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` as they are, or, without a seed column, each row counted as a run of its own seed."""
+    return rows if "seed" in rows.columns else rows.assign(seed=np.arange(len(rows)))
+
+
+def _seed_summary(rows: pd.DataFrame, y: str, x: str) -> pd.DataFrame:
+    """``analysis.summarise_seeds`` of ``y`` per value of ``x`` (as text), indexed by it."""
+    return summarise_seeds(rows.assign(**{x: rows[x].astype(str)}), y, by=[x]).set_index(x)
+
+
+def _spread(summary: pd.Series, spread: str) -> tuple[float, float]:
+    """(below, above) the mean of a ``summarise_seeds`` row: one standard deviation each way (0 for
+    one seed), or the distance to min and max."""
     if spread == "range":
-        return mean - float(values.min()), float(values.max()) - mean
-    deviation = float(values.std()) if len(values) > 1 else 0.0
+        return summary["mean"] - summary["min"], summary["max"] - summary["mean"]
+    deviation = 0.0 if pd.isna(summary["std"]) else float(summary["std"])
     return deviation, deviation
 
 
@@ -1181,12 +1200,14 @@ def plot_metric_by_language(
         fig, ax = _new_axes(ax, size)
         for index, level in enumerate(levels):
             part = rows[rows[hue] == level]
+            summary = _seed_summary(part, y, x)
             offset = (index - (len(levels) - 1) / 2) * width
             means, errors = [], []
             for category in categories:
                 values = part[part[x].astype(str) == category][y]
-                means.append(float(values.mean()) if len(values) else np.nan)
-                errors.append(_spread(values, spread) if len(values) else (0.0, 0.0))
+                present = category in summary.index
+                means.append(float(summary.loc[category, "mean"]) if present else np.nan)
+                errors.append(_spread(summary.loc[category], spread) if present else (0.0, 0.0))
                 ax.scatter(
                     np.full(len(values), positions[categories.index(category)] + offset),
                     values.to_numpy(float),
@@ -1255,18 +1276,21 @@ def plot_paired_differences(
         _guide_line(ax, y=0.0)
         for index, level in enumerate(levels):
             part = data if level is None else data[data[hue] == level]
+            part = part.assign(**{y: scale * part[y]})
+            summary = _seed_summary(part, y, x)
             offset = (index - (len(levels) - 1) / 2) * step
             means, errors, positions = [], [], []
             for position, category in enumerate(categories):
-                values = scale * part[part[x].astype(str) == category][y]
+                values = part[part[x].astype(str) == category][y]
                 if not len(values):
                     continue
                 jitter = np.linspace(-0.25, 0.25, len(values)) * step if len(values) > 1 else np.zeros(1)
-                ax.scatter(position + offset + jitter, values, s=12, color=palette[level], alpha=0.45,
-                           label="_seeds")  # fmt: skip
+                ax.scatter(
+                    position + offset + jitter, values, s=12, color=palette[level], alpha=0.45, label="_seeds"
+                )
                 positions.append(position + offset)
-                means.append(float(values.mean()))
-                errors.append(_spread(values, spread))
+                means.append(float(summary.loc[category, "mean"]))
+                errors.append(_spread(summary.loc[category], spread))
             if level is None:
                 label = f"mean {_SPREADS[spread]}"
             elif isinstance(level, (int, float, np.number)):
@@ -1274,10 +1298,16 @@ def plot_paired_differences(
             else:
                 label = str(level)
             ax.errorbar(
-                np.asarray(positions, float), np.asarray(means, float),
-                yerr=np.array(errors, float).T.reshape(2, -1), color=palette[level],
-                marker="D", markersize=5, linestyle="none", capsize=3, label=label,
-            )  # fmt: skip
+                np.asarray(positions, float),
+                np.asarray(means, float),
+                yerr=np.array(errors, float).T.reshape(2, -1),
+                color=palette[level],
+                marker="D",
+                markersize=5,
+                linestyle="none",
+                capsize=3,
+                label=label,
+            )
         ax.set_xticks(np.arange(len(categories)), categories)
         ax.set(xlabel=x, ylabel=ylabel)
         if len(categories) > 6 or max(map(len, categories), default=0) > 8:
@@ -1324,10 +1354,19 @@ def plot_difference_heatmap(
         with warnings.catch_warnings():  # seaborn 0.13 calls Colormap.set_bad, deprecated in matplotlib 3.11
             warnings.simplefilter("ignore", PendingDeprecationWarning)
             sns.heatmap(
-                table.astype(float), ax=ax, annot=True, fmt=fmt, center=center, cmap=cmap,
-                vmin=center - limit, vmax=center + limit, linewidths=0.5, linecolor="white",
-                cbar_kws={"label": colorbar_label}, annot_kws={"fontsize": "small"},
-            )  # fmt: skip
+                table.astype(float),
+                ax=ax,
+                annot=True,
+                fmt=fmt,
+                center=center,
+                cmap=cmap,
+                vmin=center - limit,
+                vmax=center + limit,
+                linewidths=0.5,
+                linecolor="white",
+                cbar_kws={"label": colorbar_label},
+                annot_kws={"fontsize": "small"},
+            )
         ax.set(xlabel=xlabel, ylabel=ylabel)
         ax.tick_params(axis="y", labelrotation=0)
         return _finish(fig)
@@ -1361,7 +1400,7 @@ def plot_sweep(
         in the order of the variants from top to bottom (first appearance, baseline left out).
     """
     require_columns(runs, {y, variant, hue}, "runs")
-    means = runs.groupby([variant, hue], sort=False)[y].mean()
+    means = summarise_seeds(_with_seed(runs), y, by=[variant, hue]).set_index([variant, hue])["mean"]
     variants = [v for v in dict.fromkeys(runs[variant].astype(str)) if v != baseline]
     levels = list(dict.fromkeys(runs[hue]))
     palette = _level_palette(levels)
@@ -1382,9 +1421,12 @@ def plot_sweep(
             ax.bar_label(bars, fmt="%.3f", padding=2, fontsize="x-small")
             if baseline is not None and (baseline, level) in means.index:
                 ax.axvline(
-                    means[(baseline, level)], color=palette[level], linestyle="--", linewidth=1.2,
+                    means[(baseline, level)],
+                    color=palette[level],
+                    linestyle="--",
+                    linewidth=1.2,
                     label=f"{baseline}, {level_label(level)}",
-                )  # fmt: skip
+                )
         ax.set_yticks(positions, variants)
         ax.set_ylim(len(variants) - 0.5, -0.5)  # first variant on top
         if highlight is not None and highlight in variants:
