@@ -36,6 +36,7 @@ from capo_tutorial.hub_data import HUB_LAYOUTS
 from capo_tutorial.models import (
     apply_lora,
     cache_root,
+    enable_gradient_checkpointing,
     gemma3_270m,
     load_pretrained,
     tiny_model_and_tokenizer,
@@ -133,6 +134,8 @@ def build_components(config: RunConfig) -> Components:
         model = apply_lora(
             model, r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout, seed=config.seed
         )
+    if config.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     train, train_report = tokenize_preferences(
         train_records, tokenizer, max_length=config.max_length, return_report=True
     )
@@ -243,6 +246,8 @@ def freeze_reference(config: RunConfig, components: Components, accelerator, *, 
             seed=config.seed,
             verbose=False,
         )
+    if config.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     components.model = model
     mode = reference_mode(config)
     components.reference = Reference(mode, model)

@@ -64,6 +64,13 @@ class RunConfig:
     loss_params: dict = _field({}, "loss parameters, e.g. {'gamma': 1.0, 'confidence': 'reference'}")
     beta: float = _field(0.1, "inverse temperature of the implicit reward")
     sft_weight: float = _field(0.0, "add this times the chosen-response NLL to the loss (RPO-style)")
+    drop_suspect_pairs: dict = _field(
+        {},
+        "before preference training, drop the training pairs the audit flags (filter-dpo; "
+        "capo_tutorial.audit): {'threshold': 0.5} drops pairs whose reference confidence "
+        "sigmoid(d_ref / tau) is below 0.5, {'fraction': 0.2} each language's least confident 20%; "
+        "optional 'tau' (default CAPO's); {} keeps every pair",
+    )
     # Optimisation
     learning_rate: float = _field(5e-4, "peak learning rate of the preference stage (AdamW)")
     weight_decay: float = _field(0.0, "AdamW weight decay")
@@ -117,6 +124,14 @@ class RunConfig:
             check_loss_parameters(self.loss, beta=self.beta, **self.loss_params)
         except ValueError as error:
             raise ValueError(f"RunConfig.loss/loss_params: {error}") from None
+        if self.drop_suspect_pairs:  # the audit module imports transformers: only when it is used
+            from capo_tutorial.audit import check_drop_rule
+
+            try:
+                check_drop_rule(self.drop_suspect_pairs)
+            except ValueError as error:
+                rule = self.drop_suspect_pairs
+                raise ValueError(f"RunConfig.drop_suspect_pairs={rule!r}: {error}") from None
 
     def replace(self, **changes: Any) -> RunConfig:
         """A copy with some fields changed; unknown field names are an error that lists the known ones."""

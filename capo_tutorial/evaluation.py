@@ -7,6 +7,8 @@ correctly when the chosen response gets the larger reward.
 
 from __future__ import annotations
 
+import contextlib
+
 import datasets
 import pandas as pd
 import torch
@@ -62,7 +64,9 @@ def score_pairs(
     for batch in loader:
         if accelerator is None:  # a prepared loader places batches itself
             batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-        piece = _score_batch(model, reference, batch, beta, reference_free)
+        # The run's precision (fp16/bf16 autocast on a GPU; nothing on a CPU in fp32).
+        with accelerator.autocast() if accelerator is not None else contextlib.nullcontext():
+            piece = _score_batch(model, reference, batch, beta, reference_free)
         if accelerator is not None:
             piece = accelerator.gather_for_metrics(piece)
         pieces.append({key: value.cpu() for key, value in piece.items()})

@@ -10,17 +10,31 @@ as :class:`capo_tutorial.data.PreferenceCollator` builds it::
 The log-prob of a completion is ``sum_t log pi(token_t | tokens_<t)`` over its completion tokens;
 prompt and padding tokens contribute nothing, and left or right padding give the same numbers
 (position ids are derived from the attention mask).
+
+Memory: the model runs with its LM head switched off, so its output is the final hidden states
+(2B, L, H); the head is then applied a chunk of rows at a time and each chunk's logits are upcast
+to float32, reduced to one log-prob per position and dropped. No full-vocabulary float32 logits
+tensor of the whole micro-batch ever exists (with a 152k-token vocabulary that tensor would be
+~5 GB for 8 rows of 1,024 tokens). When more than one chunk is needed and gradients are on, each
+chunk is checkpointed: its logits are recomputed in the backward pass instead of being kept.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
-__all__ = ["PairLogps", "concatenated_logps", "sequence_logps", "token_logps"]
+__all__ = ["LOGITS_CHUNK_ELEMENTS", "PairLogps", "concatenated_logps", "sequence_logps", "token_logps"]
+
+# Logits materialised at once: 2**26 float32 values are 256 MiB (e.g. 4 rows x 110 positions of a
+# 152k vocabulary). A micro-batch whose logits fit in one chunk takes the plain path.
+LOGITS_CHUNK_ELEMENTS = 2**26
 
 
 class PairLogps(NamedTuple):
@@ -56,10 +70,96 @@ def token_logps(logits: Tensor, targets: Tensor, rows_per_chunk: int = 8) -> Ten
     return torch.cat(pieces, dim=0)
 
 
+class _Head(NamedTuple):
+    """The LM head of a causal LM and the scalings its forward applies to the logits."""
+
+    module: nn.Module
+    softcap: float | None  # Gemma 2 style: cap * tanh(logits / cap)
+    scale: float  # multiplies the logits (Cohere's logit_scale; 1 / Granite's logits_scaling)
+
+    def logits(self, hidden: Tensor) -> Tensor:
+        logits = self.module(hidden)
+        if self.scale != 1.0:
+            logits = logits * self.scale
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
+
+
+def _base_model(model: nn.Module) -> nn.Module:
+    """The transformers model inside DDP / Accelerate / PEFT wrappers."""
+    model = getattr(model, "module", model)  # DistributedDataParallel
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _output_head(base: nn.Module) -> tuple[nn.Module, str, _Head] | None:
+    """(parent module, attribute name, head) of the model's LM head, or None when it has none."""
+    get = getattr(base, "get_output_embeddings", None)
+    module = get() if get is not None else None
+    if not isinstance(module, nn.Module):
+        return None
+    for name, candidate in base.named_modules():
+        if candidate is module and name:
+            parent_name, _, attribute = name.rpartition(".")
+            config = getattr(base, "config", None)
+            scale = float(getattr(config, "logit_scale", None) or 1.0)
+            scale /= float(getattr(config, "logits_scaling", None) or 1.0)
+            softcap = getattr(config, "final_logit_softcapping", None)
+            return base.get_submodule(parent_name), attribute, _Head(module, softcap, scale)
+    return None
+
+
+@contextlib.contextmanager
+def _head_switched_off(model: nn.Module) -> Iterator[_Head | None]:
+    """Inside, the model's LM head is the identity, so ``model(...).logits`` are hidden states.
+
+    Yields the real head (None when the model exposes none: then the logits are real logits).
+    """
+    found = _output_head(_base_model(model))
+    if found is None:
+        yield None
+        return
+    parent, attribute, head = found
+    setattr(parent, attribute, nn.Identity())
+    try:
+        yield head
+    finally:
+        setattr(parent, attribute, head.module)
+
+
+def _chunk_logps(head: _Head, hidden: Tensor, targets: Tensor) -> Tensor:
+    return token_logps(head.logits(hidden), targets, rows_per_chunk=hidden.shape[0])
+
+
+def head_token_logps(head: _Head, hidden: Tensor, targets: Tensor) -> Tensor:
+    """Per-position log-probs from final hidden states, a chunk of rows at a time.
+
+    Args:
+        head: the model's LM head.
+        hidden: (N, L, H) final hidden states at the positions that predict ``targets``.
+        targets: (N, L) token ids.
+
+    Returns:
+        (N, L) float32 log-probs.
+    """
+    vocabulary = head.module.weight.shape[0]
+    rows = max(1, LOGITS_CHUNK_ELEMENTS // max(1, hidden.shape[1] * vocabulary))
+    if rows >= hidden.shape[0]:
+        return _chunk_logps(head, hidden, targets)
+    recompute = torch.is_grad_enabled()
+    pieces = []
+    for start in range(0, hidden.shape[0], rows):
+        part = (head, hidden[start : start + rows], targets[start : start + rows])
+        if recompute:  # keep only the hidden chunk; the logits are recomputed in the backward pass
+            pieces.append(checkpoint(_chunk_logps, *part, use_reentrant=False))
+        else:
+            pieces.append(_chunk_logps(*part))
+    return torch.cat(pieces, dim=0)
+
+
 def _accepts(model: nn.Module, argument: str) -> bool:
-    """Whether the (possibly PEFT-wrapped) model's forward names ``argument`` explicitly."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return argument in inspect.signature(base.forward).parameters
+    """Whether the (possibly wrapped) model's forward names ``argument`` explicitly."""
+    return argument in inspect.signature(_base_model(model).forward).parameters
 
 
 def sequence_logps(
@@ -67,11 +167,12 @@ def sequence_logps(
 ) -> tuple[Tensor, Tensor]:
     """Summed completion log-probs of N sequences under ``model`` (grad flows if enabled).
 
-    Only the logits from the first completion position on are computed when the model supports
-    ``logits_to_keep`` (transformers >= 4.45), which saves the prompt's share of the LM head.
+    Only the positions from the first completion token on go through the LM head (transformers'
+    ``logits_to_keep``), which saves the prompt's share of the head; see the module docstring for
+    how the head's logits are kept small.
 
     Args:
-        model: any transformers causal LM (or a PEFT wrapper of one).
+        model: any transformers causal LM (or a PEFT / Accelerate / DDP wrapper of one).
         input_ids, attention_mask, completion_mask: (N, T) long tensors.
 
     Returns:
@@ -81,16 +182,18 @@ def sequence_logps(
     target_mask = completion_mask[:, 1:].bool()
     has_completion = target_mask.any(dim=0)
     first_target = int(has_completion.float().argmax()) if bool(has_completion.any()) else 0
-    # Logits needed at positions first_target .. T-2 (predicting first_target+1 .. T-1).
+    # Hidden states needed at positions first_target .. T-2 (predicting first_target+1 .. T-1).
     keep = input_ids.shape[1] - first_target
     position_ids = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
     kwargs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
     if _accepts(model, "logits_to_keep"):
         kwargs["logits_to_keep"] = keep
-    logits = model(**kwargs, use_cache=False).logits[:, -keep:-1]
     targets = input_ids[:, first_target + 1 :]
     mask = target_mask[:, first_target:]
-    per_token = token_logps(logits, targets) * mask
+    with _head_switched_off(model) as head:
+        outputs = model(**kwargs, use_cache=False).logits[:, -keep:-1]
+    per_token = token_logps(outputs, targets) if head is None else head_token_logps(head, outputs, targets)
+    per_token = per_token * mask
     return per_token.sum(dim=1), mask.sum(dim=1).float()
 
 

@@ -53,6 +53,7 @@ __all__ = [
     "cache_root",
     "convert_gguf",
     "count_parameters",
+    "enable_gradient_checkpointing",
     "frozen_copy",
     "gemma3_270m",
     "load_pretrained",
@@ -698,6 +699,23 @@ def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
     reference.eval()
     reference.requires_grad_(False)
     return reference
+
+
+def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
+    """Keep only each decoder layer's input for the backward pass and recompute the rest there.
+
+    Saved activations drop from every intermediate of every layer to one hidden state per layer
+    and token (plus one layer's intermediates at a time), for about one more forward pass of
+    compute. Non-reentrant checkpointing; with LoRA the input embeddings are made to require grad,
+    so that gradients reach the adapters through the checkpointed layers. Idempotent.
+    """
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    if not getattr(base, "supports_gradient_checkpointing", False):
+        raise ValueError(f"{type(base).__name__} does not support gradient checkpointing")
+    if getattr(base, "is_gradient_checkpointing", False):
+        return
+    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    base.enable_input_require_grads()
 
 
 @contextmanager

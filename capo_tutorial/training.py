@@ -125,6 +125,11 @@ def train(config: RunConfig, *, components: Components | None = None) -> TrainRe
         seconds["sft"] = _run_stage("sft", config, components, accelerator, logger, progress, resume_from)
         progress, resume_from = _Progress(stage="preference"), None
     freeze_reference(config, components, accelerator, load=warmed_up)
+    if config.drop_suspect_pairs:  # "audit, drop, then train": the audit's flag on the training pairs
+        from capo_tutorial.audit import drop_suspect_pairs
+
+        dropped = drop_suspect_pairs(components, config.drop_suspect_pairs, batch_size=config.eval_batch_size)
+        accelerator.print(f"dropped {dropped} suspect training pairs ({config.drop_suspect_pairs})")
     seconds["preference"] = _run_stage(
         "preference", config, components, accelerator, logger, progress, resume_from
     )
