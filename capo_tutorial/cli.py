@@ -120,6 +120,119 @@ def _command_testbed(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def _command_audit(arguments: argparse.Namespace) -> int:
+    """``capo audit``: score a preference set's pairs by confidence, per language, before training."""
+    from capo_tutorial.audit import audit_preferences
+
+    overrides = dict(arguments.overrides)
+    for name in ("noise", "systematic_noise", "seed"):
+        if getattr(arguments, name) is not None:
+            overrides[name] = getattr(arguments, name)
+    if arguments.model is not None and overrides:
+        raise ValueError(
+            "--noise, --systematic-noise, --seed and --overrides change the profile's run: "
+            "they do not apply with --model"
+        )
+    result = audit_preferences(
+        arguments.data, arguments.model, profile=arguments.profile, overrides=overrides,
+        split=arguments.split, data_config=arguments.data_config, column_map=arguments.column_map,
+        skip_invalid=arguments.skip_invalid, truth=arguments.truth, source=arguments.source,
+        tau=arguments.tau, threshold=arguments.threshold, fraction=arguments.fraction,
+        batch_size=arguments.batch_size, max_length=arguments.max_length, progress=not arguments.no_progress,
+    )  # fmt: skip
+    paths = result.save(arguments.out)
+    print(result.summary())
+    print(f"wrote {', '.join(str(p) for p in paths.values())}")
+    return 0
+
+
+def _add_audit_arguments(parser: argparse.ArgumentParser) -> None:
+    json_dict = _parse_value(dict, "overrides")
+    model = parser.add_argument_group("the reference model (default: the profile's warmed-up reference)")
+    model.add_argument(
+        "--profile",
+        choices=sorted(PROFILES),
+        default=None,
+        help="profile whose data and warmed-up reference to use (default: CAPO_PROFILE, "
+        "else gpu with CUDA, else smoke); the SFT warm-up is cached and reused",
+    )
+    model.add_argument("--noise", type=float, default=None, help="testbed share of training labels flipped")
+    model.add_argument(
+        "--systematic-noise",
+        type=_parse_value(list, "systematic_noise"),
+        default=None,
+        help='testbed languages with consistent flips, JSON list, e.g. \'["ru", "ar"]\'',
+    )
+    model.add_argument(
+        "--seed", type=int, default=None, help="the profile run's seed (testbed noise, warm-up)"
+    )
+    model.add_argument(
+        "--overrides",
+        type=json_dict,
+        default={},
+        help="other RunConfig fields of the profile run, JSON, e.g. '{\"sft_steps\": 100}'",
+    )
+    model.add_argument(
+        "--model",
+        default=None,
+        help="instead: a `capo train` run folder (its reference), a hub id or local model "
+        "folder, or 'gemma3-270m'",
+    )
+    model.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        help="tokens per row for --model (default: the run's or profile's, else 1024)",
+    )
+    data = parser.add_argument_group("the data (default: the profile's or run's training pairs)")
+    data.add_argument("--data", default=None, help="any source load_preferences reads: hub id, file, folder")
+    data.add_argument("--split", default="train", help="split of --data (default: train)")
+    data.add_argument("--data-config", default=None, help="hub configuration of --data, if any")
+    data.add_argument(
+        "--column-map",
+        type=_parse_value(dict, "column_map"),
+        default=None,
+        help='JSON {field: source column}, e.g. \'{"prompt": "question"}\'',
+    )
+    data.add_argument(
+        "--skip-invalid",
+        action="store_true",
+        help="skip and count invalid rows (default: stop at the first, naming row and field)",
+    )
+    data.add_argument(
+        "--truth",
+        default=None,
+        help="boolean column, True where a label is wrong (default: 'flipped' if present): "
+        "adds AUROC, precision and recall per language",
+    )
+    flag = parser.add_argument_group("confidence and the suspect flag")
+    flag.add_argument(
+        "--source",
+        default="reference",
+        choices=["reference", "policy"],
+        help="confidence source (before training both are the model's per-token margin)",
+    )
+    flag.add_argument("--tau", type=float, default=None, help="confidence temperature (default: CAPO's)")
+    rule = flag.add_mutually_exclusive_group()
+    rule.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="flag pairs with confidence below this (default 0.5: d_ref < 0)",
+    )
+    rule.add_argument(
+        "--fraction",
+        type=float,
+        default=None,
+        help="instead, flag each language's least confident share (e.g. 0.2)",
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="pairs per forward pass (default: the run's, else 32)"
+    )
+    parser.add_argument("--out", default="audit", help="folder for pairs.csv, languages.csv, audit.png")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
 class _OneLineParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (what is wrong, and where the help is)."""
 
@@ -146,6 +259,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_testbed_arguments(testbed_parser)
     testbed_parser.set_defaults(handler=_command_testbed)
+    audit_parser = commands.add_parser(
+        "audit", help="find the suspect pairs of a preference set, per language, before training"
+    )
+    _add_audit_arguments(audit_parser)
+    audit_parser.set_defaults(handler=_command_audit)
     return parser
 
 

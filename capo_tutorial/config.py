@@ -68,7 +68,7 @@ class RunConfig:
         {},
         "before preference training, drop the training pairs the audit flags (filter-dpo; "
         "capo_tutorial.audit): {'threshold': 0.5} drops pairs whose reference confidence "
-        "sigmoid(d_ref / tau) is below 0.5, {'fraction': 0.2} each language's least confident 20%; "
+        "sigmoid(d_ref / tau) is below 0.5, {'fraction': 0.2} each language's least confident fifth; "
         "optional 'tau' (default CAPO's); {} keeps every pair",
     )
     # Optimisation
