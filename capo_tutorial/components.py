@@ -9,20 +9,16 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import datasets
-import numpy as np
-import pyarrow.compute as pc
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from capo_tutorial._version import __version__
 from capo_tutorial.config import RunConfig
 from capo_tutorial.data import (
     LengthGroupedBatchSampler,
@@ -43,6 +39,7 @@ from capo_tutorial.models import (
 )
 from capo_tutorial.reference import REFERENCE_COLUMNS, Reference, precompute_reference_logps
 from capo_tutorial.testbed import make_testbed
+from capo_tutorial.warmup import hash_tokens, reference_weights_path, warmup_key
 
 __all__ = [
     "Components",
@@ -50,7 +47,6 @@ __all__ = [
     "freeze_reference",
     "load_run_data",
     "reference_mode",
-    "reference_weights_path",
 ]
 
 
@@ -90,17 +86,27 @@ def load_run_data(config: RunConfig, split: str | None = None) -> tuple[datasets
             systematic=tuple(config.systematic_noise),
         )
         train, evaluation = testbed[config.train_split], testbed[eval_split]
-    else:
-        train = _load_hub_or_file(config.data, config.train_split, config.data_config)
-        eval_configs = config.eval_data_configs or config.data_config
-        evaluation = _load_hub_or_file(config.eval_data or config.data, eval_split, eval_configs)
-    return _subset(train, config.max_train_pairs, config.seed), _subset(
-        evaluation, config.max_eval_pairs, config.seed
+        return _subset(train, config.max_train_pairs, config.seed), _subset(
+            evaluation, config.max_eval_pairs, config.seed
+        )
+    train = _load_source(
+        config.data, config.train_split, config.data_config, config.max_train_pairs, config.seed
     )
+    evaluation = _load_source(
+        config.eval_data or config.data,
+        eval_split,
+        config.eval_data_configs or config.data_config,
+        config.max_eval_pairs,
+        config.seed,
+    )
+    return train, evaluation
 
 
-def _load_hub_or_file(source: str, split: str, configs) -> datasets.Dataset:
-    return load_preferences(source, split=split, config=configs or None, **HUB_LAYOUTS.get(source, {}))
+def _load_source(source: str, split: str, configs, limit: int | None, seed: int) -> datasets.Dataset:
+    """A hub data set (read with its HUB_LAYOUTS entry) or a file: ``limit`` pairs drawn at random
+    before validation, so that a subset of a large set validates only the subset."""
+    layout = HUB_LAYOUTS.get(source, {})
+    return load_preferences(source, split=split, config=configs or None, limit=limit, seed=seed, **layout)
 
 
 def _subset(dataset: datasets.Dataset, limit: int | None, seed: int) -> datasets.Dataset:
@@ -144,7 +150,7 @@ def build_components(config: RunConfig) -> Components:
     )
     sampler = LengthGroupedBatchSampler(pair_lengths(train), config.batch_size, seed=config.seed)
     return Components(
-        warmup_key=_warmup_key(config, model, train),
+        warmup_key=warmup_key(config, model, train),
         model=model,
         tokenizer=tokenizer,
         train_dataset=train,
@@ -155,69 +161,6 @@ def build_components(config: RunConfig) -> Components:
         train_sampler=sampler,
         reports={"train": train_report, "eval": eval_report},
     )
-
-
-_SFT_CACHE_FORMAT = 2  # bump when the SFT stage's computation changes (2: left padding)
-
-# Fields that decide what the SFT warm-up produces: equal values give identical warmed-up weights.
-_SFT_FIELDS = (
-    "model",
-    "gguf_file",
-    "tiny_hidden_size",
-    "tiny_layers",
-    "tiny_vocab_size",
-    "data",
-    "data_config",
-    "train_split",
-    "max_train_pairs",
-    "languages",
-    "testbed_train",
-    "testbed_eval",
-    "noise",
-    "systematic_noise",
-    "max_length",
-    "sft_steps",
-    "sft_learning_rate",
-    "batch_size",
-    "gradient_accumulation_steps",
-    "lr_scheduler",
-    "warmup_ratio",
-    "weight_decay",
-    "max_grad_norm",
-    "precision",
-    "lora_r",
-    "lora_alpha",
-    "lora_dropout",
-    "seed",
-)
-
-
-def _warmup_key(config: RunConfig, model: nn.Module, train: datasets.Dataset) -> str:
-    """A hash of everything the SFT warm-up's result depends on: its settings, the exact training
-    tokens, and the initial weights (so a change to the testbed, tokenizer or model code misses)."""
-    # Data-parallel processes each see batch_size pairs per step: the world size changes the result.
-    world_size = os.environ.get("WORLD_SIZE", "1")
-    digest = hashlib.sha256(f"{__version__}:{_SFT_CACHE_FORMAT}:{world_size}".encode())
-    digest.update(json.dumps({name: getattr(config, name) for name in _SFT_FIELDS}, sort_keys=True).encode())
-    _hash_tokens(digest, train)
-    for parameter in model.parameters():
-        digest.update(parameter.detach().cpu().float().numpy().tobytes())
-    return digest.hexdigest()[:24]
-
-
-def _hash_tokens(digest, dataset: datasets.Dataset) -> None:
-    """Feed a tokenized data set's exact token ids (and row boundaries) to a hashlib digest."""
-    for column in ("prompt_input_ids", "chosen_input_ids", "rejected_input_ids"):
-        table = dataset.with_format("arrow")[column]
-        digest.update(np.asarray(table.combine_chunks().flatten()).tobytes())
-        digest.update(np.asarray(pc.list_value_length(table)).tobytes())
-
-
-def reference_weights_path(config: RunConfig, components: Components) -> Path:
-    """Where the warmed-up (reference) weights live: the shared SFT cache, or the run's own folder."""
-    if not config.sft_cache:
-        return Path(config.output_dir) / "reference" / "model.safetensors"
-    return cache_root() / "sft" / f"{components.warmup_key}.safetensors"
 
 
 def freeze_reference(config: RunConfig, components: Components, accelerator, *, load: bool) -> None:
@@ -291,7 +234,7 @@ def _precompute(config: RunConfig, components: Components, device: torch.device)
     for name in ("train_dataset", "eval_dataset"):
         dataset = getattr(components, name)
         digest = hashlib.sha256(components.warmup_key.encode())
-        _hash_tokens(digest, dataset)
+        hash_tokens(digest, dataset)
         cached = cache_root() / "reference-logps" / f"{digest.hexdigest()[:24]}.safetensors"
         if config.sft_cache and cached.exists():
             logps = load_file(str(cached))

@@ -732,10 +732,18 @@ def _validate_rows(
     tokenizer: Any,
     on_error: str,
     report: ValidationReport,
+    limit: int | None = None,
+    metadata: Sequence[str] | None = None,
 ) -> tuple[list[dict[str, Any]], list[int]]:
-    """Validated records and their source row numbers; bad rows raise or go to the report."""
+    """Validated records and their source row numbers; bad rows raise or go to the report.
+
+    Stops after ``limit`` valid records; keeps only the ``metadata`` columns beside the record
+    fields (all of them when None).
+    """
     records, kept_rows = [], []
     for raw in rows:
+        if limit is not None and len(records) >= limit:
+            break
         try:
             if raw.error is not None:
                 raise raw.error
@@ -749,7 +757,11 @@ def _validate_rows(
                 raise located from None
             report.add_skip(located)
             continue
-        extras = {k: v for k, v in data.items() if k not in RECORD_FIELDS and k not in record}
+        extras = {
+            k: v
+            for k, v in data.items()
+            if k not in RECORD_FIELDS and k not in record and (metadata is None or k in metadata)
+        }
         records.append({**extras, **record})
         kept_rows.append(raw.row)
     return records, kept_rows
@@ -793,6 +805,9 @@ def load_preferences(
     language: str | None = None,
     on_error: Literal["raise", "skip"] = "raise",
     tokenizer: Any = None,
+    limit: int | None = None,
+    seed: int = 0,
+    metadata: Sequence[str] | None = None,
     return_report: bool = False,
     **hub_kwargs: Any,
 ) -> datasets.Dataset | tuple[datasets.Dataset, ValidationReport]:
@@ -814,6 +829,12 @@ def load_preferences(
             rows, logs a summary and records them in the ValidationReport. Problems with the whole
             source (missing path, empty file, unknown column in column_map) always raise.
         tokenizer: renders conversational rows with its chat template (else a plain layout).
+        limit: keep at most this many pairs, drawn at random (``seed``) *before* validation: the
+            rows are shuffled and validated in that order until ``limit`` are valid, so a subset of
+            a large data set costs the subset's validation, not the whole set's.
+        seed: the shuffle of ``limit``.
+        metadata: the unmapped source columns to keep as metadata (default: all of them); e.g.
+            ``[]`` keeps only the record fields.
         **hub_kwargs: passed to ``datasets.load_dataset`` for hub ids and folders, e.g.
             ``revision``, ``cache_dir``, ``data_dir``, ``token``.
         return_report: also return the :class:`ValidationReport`.
@@ -833,15 +854,28 @@ def load_preferences(
     column_map = dict(column_map or {})
     _check_columns(rows, column_map, name)
     language = _default_language(rows, column_map, language, name)
+    if limit is not None:
+        if limit < 1:
+            raise ValueError(f"limit={limit}: keep at least one pair, or pass limit=None for all")
+        rows = [rows[i] for i in np.random.default_rng(seed).permutation(len(rows))]
     report = ValidationReport(source=name, n_read=len(rows))
     records, kept_rows = _validate_rows(
-        rows, column_map=column_map, language=language, tokenizer=tokenizer, on_error=on_error, report=report
+        rows,
+        column_map=column_map,
+        language=language,
+        tokenizer=tokenizer,
+        on_error=on_error,
+        report=report,
+        limit=limit,
+        metadata=metadata,
     )
     if not records:
         raise PreferenceDataError(
             f"has no valid rows ({report})", reason="no_valid_rows", source=name, fix=str(report.messages)
         )
     _warn_duplicates(records, kept_rows, report)
+    if limit is not None:  # only the rows examined until the limit was reached
+        report.n_read = len(records) + report.n_skipped
     report.n_kept = len(records)
     if report.skipped or report.duplicates:
         logger.warning("load_preferences: %s", report)

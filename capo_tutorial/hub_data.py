@@ -12,7 +12,14 @@ schema (no network in tests).
   the general, stem and multilingual domains, and the programming language in the code domain,
   whose conversations are in English.
 - ``C4AI-Community/multilingual-reward-bench`` (M-RewardBench): one config per language
-  ("deu_Latn"), split "test", standard prompt/chosen/rejected strings.
+  ("deu_Latn"), split "test", prompt/chosen/rejected strings. They become a user turn and two
+  assistant turns, so that evaluation pairs go through the model's chat template exactly as the
+  HelpSteer3 training pairs do (a chat model scored on raw text would be scored off its format).
+  Rows that fail validation (an empty or untranslated answer, chosen == rejected) are skipped and
+  counted, not fatal.
+
+Both keep only the metadata columns an analysis uses; the others (HelpSteer3's response1/2 and
+individual_preference, the benchmark's model names) would otherwise travel through every batch.
 """
 
 from __future__ import annotations
@@ -41,6 +48,11 @@ def _better(row: dict[str, Any], better: bool) -> list[dict[str, str]] | None:
     return [{"role": "assistant", "content": response}]
 
 
+def _turn(role: str, column: str):
+    """A column_map entry turning a string column into a one-message conversation."""
+    return lambda row: [{"role": role, "content": row[column]}]
+
+
 HUB_LAYOUTS: dict[str, dict[str, Any]] = {
     "nvidia/HelpSteer3": {
         "column_map": {
@@ -51,6 +63,15 @@ HUB_LAYOUTS: dict[str, dict[str, Any]] = {
             "language": helpsteer3_language,
         },
         "on_error": "skip",
+        "metadata": ["domain"],
     },
-    "C4AI-Community/multilingual-reward-bench": {},
+    "C4AI-Community/multilingual-reward-bench": {
+        "column_map": {
+            "prompt": _turn("user", "prompt"),
+            "chosen": _turn("assistant", "chosen"),
+            "rejected": _turn("assistant", "rejected"),
+        },
+        "on_error": "skip",
+        "metadata": ["id", "source"],
+    },
 }
