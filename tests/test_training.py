@@ -1,11 +1,14 @@
-"""The training loop: learning, resume after a kill, NaN guard, two processes, reference modes."""
+"""The training loop: what a run writes, resume after a kill, NaN guard, two processes, reference modes.
+
+That a warmed-up model learns to rank held-out pairs is checked once, end to end, by
+tests/test_experiments.py, which recomputes a committed cell of the scale-1 grid.
+"""
 
 import json
 import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -14,6 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from capo_tutorial.checkpoint import latest_checkpoint
+from capo_tutorial.cli import main
 from capo_tutorial.components import build_components
 from capo_tutorial.config import profile_config
 from capo_tutorial.logprobs import concatenated_logps
@@ -76,69 +80,52 @@ def test_train_writes_history_evaluation_and_checkpoint(tmp_path):
     assert (run / "reference" / "model.safetensors").exists()
 
 
+# Runs `capo train` in a child that SIGKILLs itself when asked to write the checkpoint at step KILL_AT:
+# the kill lands at a known point (no race with a poll), after history rows the last checkpoint lacks.
+KILL_ON_CHECKPOINT = """
+import os, signal, sys
+import capo_tutorial.training as training
+from capo_tutorial.cli import main
+
+kill_at, save = int(sys.argv[1]), training.save_checkpoint
+
+def save_or_die(output_dir, *, step, **kwargs):
+    if step >= kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return save(output_dir, step=step, **kwargs)
+
+training.save_checkpoint = save_or_die
+sys.exit(main(sys.argv[2:]))
+"""
+
+
 @pytest.mark.slow
-def test_smoke_training_raises_reward_accuracy(tmp_path):
-    """DPO after an SFT warm-up ranks held-out pairs well above chance (the smoke profile's promise)."""
-    config = tiny_config(
-        tmp_path,
-        languages=["en", "es", "ru"],
-        testbed_train=900,
-        testbed_eval=150,
-        tiny_hidden_size=128,
-        tiny_layers=2,
-        tiny_vocab_size=600,
-        sft_steps=500,
-        max_steps=150,
-        batch_size=16,
-        learning_rate=1e-3,
-        log_every=50,
-    )
-    result = train(config)
-    accuracy = result.evaluation.loc["all", "accuracy"]
-    assert accuracy > 0.65, result.evaluation
-
-
 def test_resume_after_kill_ends_like_an_uninterrupted_run(tmp_path):
-    changes = {**TINY, "max_steps": 150, "save_every": 10, "log_every": 10}
-    uninterrupted = tmp_path / "uninterrupted"
-    subprocess.run(
-        cli("train", "--profile", "smoke", *flags(changes), "--output-dir", str(uninterrupted)), check=True
-    )
+    """SIGKILL mid-run, resume: the same evaluation and history as a run never interrupted."""
+    changes = {**TINY, "max_steps": 40, "save_every": 10, "log_every": 5}
+    uninterrupted, interrupted = tmp_path / "uninterrupted", tmp_path / "interrupted"
+    arguments = ["train", "--profile", "smoke", *flags(changes)]
+    assert main([*arguments, "--output-dir", str(uninterrupted)]) == 0
 
-    interrupted = tmp_path / "interrupted"
-    process = subprocess.Popen(
-        cli("train", "--profile", "smoke", *flags(changes), "--output-dir", str(interrupted))
-    )
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        checkpoint = latest_checkpoint(interrupted)
-        if checkpoint is not None and int(checkpoint.name.split("-")[1]) >= TINY["sft_steps"] + 20:
-            break
-        time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert not (interrupted / "evaluation.csv").exists(), "the run finished before it could be killed"
-    killed_at = latest_checkpoint(interrupted).name
+    arguments += ["--output-dir", str(interrupted)]
+    kill_at = TINY["sft_steps"] + 30  # global step: the SFT warm-up's steps, then 30 preference steps
+    killed = subprocess.run([sys.executable, "-c", KILL_ON_CHECKPOINT, str(kill_at), *arguments], timeout=900)
+    assert killed.returncode == -signal.SIGKILL
+    assert not (interrupted / "evaluation.csv").exists()
+    assert latest_checkpoint(interrupted).name == f"checkpoint-{kill_at - 10:06d}"
+    written = pd.read_json(interrupted / "history.jsonl", lines=True)
+    assert written[written.stage == "preference"].step.max() == 30, "rows past the checkpoint, to drop"
 
-    subprocess.run(
-        cli(
-            "train",
-            "--profile",
-            "smoke",
-            *flags(changes),
-            "--output-dir",
-            str(interrupted),
-            "--resume",
-            "true",
-        ),
-        check=True,
-    )
+    assert main([*arguments, "--resume", "true"]) == 0
     expected = pd.read_csv(uninterrupted / "evaluation.csv", index_col="language")
     actual = pd.read_csv(interrupted / "evaluation.csv", index_col="language")
     pd.testing.assert_frame_equal(actual, expected, rtol=1e-5, atol=1e-6)
     history = pd.read_json(interrupted / "history.jsonl", lines=True)
-    assert history.groupby(["stage", "step"]).size().max() == 1, f"duplicated history rows after {killed_at}"
-    assert history[history.stage == "preference"].step.max() == 150
+    assert history.groupby(["stage", "step"]).size().max() == 1, "duplicated history rows after the resume"
+    assert history[history.stage == "preference"].step.max() == 40
+    pd.testing.assert_frame_equal(
+        history, pd.read_json(uninterrupted / "history.jsonl", lines=True), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_path):
@@ -157,6 +144,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_p
     assert not list(Path(config.output_dir).glob(".checkpoint-*.tmp"))
 
 
+@pytest.mark.slow
 def test_two_processes_train_data_parallel(tmp_path):
     output = tmp_path / "ddp"
     command = [
