@@ -49,8 +49,10 @@ Usage (about 7 minutes on 2 busy cores, 10 children of ~0.55 GB alive at once)::
     python benchmarks/train_throughput.py --configs loop-dpo-copy,trl-copy --rounds 20
 
 The JSON holds the command, git commit, library versions, threads, machine, every block's timing,
-the summaries, the loss parity and the distance to each target of issue 4. Results are data, not
-asserts: no test checks a timing.
+the summaries, the loss parity and the distance to each target (the speed and memory the training
+loop is meant to reach, listed in SPEED_TARGETS and RSS_TARGETS below, discussed in
+benchmarks/README.md). Results are data, not asserts: no test checks a timing. The process harness
+and the statistics live in ``_harness.py`` beside this file.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ import time
 _STARTED = time.perf_counter()  # before the heavy imports: a child's set-up time counts them
 
 import argparse  # noqa: E402
+import functools  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
@@ -68,14 +71,28 @@ import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
+
+from _harness import (  # noqa: E402  (beside this script, which runs as a file)
+    STAMP_KEYS,
+    Child,
+    StepClock,
+    block_rates,
+    median_spread,
+    paired_step_ratio,
+    round_ratios,
+    run_rounds,
+    start_process,
+)
+
+from capo_tutorial._io import write_text_atomic  # noqa: E402
+from capo_tutorial.losses import CAPO_DEFAULTS  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "results" / "train_throughput.json"
 
-CAPO_PARAMS = {"gamma": 1.0, "tau": 0.5, "confidence": "reference"}  # the source CAPO.md found to work
+CAPO_PARAMS = dict(CAPO_DEFAULTS)  # the package's default CAPO
 LORA_R, LORA_ALPHA = 16, 32  # the cpu profile's LoRA
 
 CONFIGS: dict[str, dict[str, Any]] = {
@@ -102,7 +119,8 @@ VARIANTS = {
 }
 PARITY_CONFIGS = ("loop-dpo-copy", "trl-copy", "hand-copy")
 
-# Targets of issue 4: (name, numerator, denominator, minimum ratio of steps/s).
+# The speed targets of the training loop (benchmarks/README.md explains them):
+# (name, numerator, denominator, minimum ratio of steps/s).
 SPEED_TARGETS = [
     ("loop >= 1.8x TRL (reference copy)", "loop-dpo-copy", "trl-copy", 1.8),
     ("loop >= 1.8x TRL (precomputed reference)", "loop-dpo-precomputed", "trl-precomputed", 1.8),
@@ -390,40 +408,13 @@ RUNNERS = {"loop": run_loop, "trl": run_trl, "hand": run_hand, "idle": run_idle}
 
 def child_main(args: argparse.Namespace) -> None:
     """Run one configuration; with --control, pause at every block boundary until the parent says go."""
-    import resource
-
     import torch
-    from torch.optim.optimizer import register_optimizer_step_post_hook
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    stamps: list[float] = []
-    cpu_stamps: list[float] = []
-    released: list[float] = []
-    released_cpu: list[float] = []
-    rss_mib: dict[str, float] = {}
-    boundaries: set[int] = set()
-    control = status = None
-    if args.control:
-        read_fd, write_fd = (int(fd) for fd in args.control.split(","))
-        control, status = os.fdopen(read_fd, "r"), os.fdopen(write_fd, "w")
-        boundaries = {args.warmup + i * args.block_steps for i in range(args.rounds + 1)}
-
-    def on_step_end(optimizer, args_, kwargs_) -> None:
-        stamps.append(time.perf_counter())
-        cpu_stamps.append(time.process_time())
-        if len(stamps) in (1, args.total_steps):  # the process's high-water mark so far
-            key = "after_first_step" if len(stamps) == 1 else "after_last_step"
-            rss_mib[key] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        if len(stamps) in boundaries:
-            status.write(f"ready {len(stamps)}\n")
-            status.flush()
-            if not control.readline():  # the parent is gone
-                os._exit(3)
-            released.append(time.perf_counter())
-            released_cpu.append(time.process_time())
-
-    register_optimizer_step_post_hook(on_step_end)
+    boundaries = {args.warmup + i * args.block_steps for i in range(args.rounds + 1)}
+    clock = StepClock(args.total_steps, boundaries if args.control else set(), args.control)
+    clock.install()
     spec = config_spec(args.child)
     profiler = None
     if args.profile:
@@ -436,17 +427,8 @@ def child_main(args: argparse.Namespace) -> None:
     if profiler is not None:
         profiler.disable()
         profiler.dump_stats(args.profile)
-    out.update(
-        config=args.child,
-        step_end_times=stamps,
-        step_end_cpu_times=cpu_stamps,
-        released_times=released,
-        released_cpu_times=released_cpu,
-        torch_threads=torch.get_num_threads(),
-        rss_high_water_mib=rss_mib,
-        seconds_to_first_step=stamps[0] - _STARTED if stamps else None,
-    )
-    Path(args.result).write_text(json.dumps(out), encoding="utf-8")
+    out.update(config=args.child, torch_threads=torch.get_num_threads(), **clock.record(_STARTED))
+    write_text_atomic(args.result, json.dumps(out))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -516,42 +498,6 @@ def prepare(args: argparse.Namespace, workdir: Path) -> dict:
     )
 
 
-@dataclass
-class Child:
-    name: str
-    process: subprocess.Popen
-    result_path: Path
-    log_path: Path
-    control: Any = None  # parent -> child: "go" lines
-    status: Any = None  # child -> parent: "ready N" lines
-
-    def failure(self, what: str) -> RuntimeError:
-        tail = self.log_path.read_text(encoding="utf-8", errors="replace")[-3000:]
-        return RuntimeError(f"{self.name}: {what}; the end of its log {self.log_path}:\n{tail}")
-
-    def wait_ready(self) -> None:
-        if not self.status.readline():
-            self.process.wait()
-            raise self.failure(f"exited with code {self.process.returncode} before pausing")
-
-    def release(self) -> None:
-        self.control.write("go\n")
-        self.control.flush()
-
-    def finish(self) -> dict:
-        """Wait for the process; return its result with its peak RSS (ru_maxrss of the child)."""
-        _, wait_status, usage = os.wait4(self.process.pid, 0)
-        self.process.returncode = os.waitstatus_to_exitcode(wait_status)
-        for pipe in (self.control, self.status):
-            if pipe is not None:
-                pipe.close()
-        if self.process.returncode != 0:
-            raise self.failure(f"exited with code {self.process.returncode}")
-        result = json.loads(self.result_path.read_text(encoding="utf-8"))
-        result["peak_rss_mib"] = usage.ru_maxrss / 1024  # Linux reports kilobytes
-        return result
-
-
 def start_child(name: str, args, workdir: Path, logs: Path, *, controlled: bool, **overrides) -> Child:
     """Start configuration ``overrides.get('config', name)`` in a fresh process (paused at blocks if
     ``controlled``); ``overrides`` may also set warmup, rounds, block_steps and log_every."""
@@ -571,96 +517,11 @@ def start_child(name: str, args, workdir: Path, logs: Path, *, controlled: bool,
     command += ["--learning-rate", str(args.learning_rate), "--beta", str(args.beta)]
     for key, value in options.items():
         command += [f"--{key.replace('_', '-')}", str(value)]
-    pass_fds: tuple[int, ...] = ()
-    if controlled:
-        control_read, control_write = os.pipe()
-        status_read, status_write = os.pipe()
-        command += ["--control", f"{control_read},{status_write}"]
-        pass_fds = (control_read, status_write)
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    with log_path.open("w", encoding="utf-8") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, pass_fds=pass_fds)
-    child = Child(name, process, result_path, log_path)
-    if controlled:
-        os.close(control_read)
-        os.close(status_write)
-        child.control, child.status = os.fdopen(control_write, "w"), os.fdopen(status_read, "r")
-    return child
+    return start_process(name, command, result_path, log_path, controlled=controlled)
 
 
 def run_to_end(name: str, args, workdir: Path, logs: Path, **overrides) -> dict:
     return start_child(name, args, workdir, logs, controlled=False, **overrides).finish()
-
-
-def run_rounds(names: list[str], args, workdir: Path, logs: Path) -> dict[str, dict]:
-    """Start every configuration, then release them block by block, round-robin; returns their results."""
-    children = {name: start_child(name, args, workdir, logs, controlled=True) for name in names}
-    try:
-        for child in children.values():
-            child.wait_ready()  # set-up and warm-up done
-        print(f"all {len(children)} configurations warmed up; {args.rounds} rounds ...", flush=True)
-        for round_index in range(args.rounds):
-            shift = round_index % len(names)
-            order = names[shift:] + names[:shift]
-            for name in order[::-1] if round_index % 2 else order:
-                children[name].release()
-                children[name].wait_ready()
-            print(f"  round {round_index + 1}/{args.rounds} done", flush=True)
-        for child in children.values():
-            child.release()  # let them finish (evaluation, checkpoint) all at once: nothing is timed now
-        return {name: child.finish() for name, child in children.items()}
-    finally:
-        for child in children.values():
-            if child.process.returncode is None and child.process.poll() is None:
-                child.process.kill()
-
-
-def blocks(result: dict, args: argparse.Namespace, batch_tokens: list[int]) -> list[dict]:
-    """Per round: rates over its block of ``block_steps`` steps, from release to the end of the last step.
-
-    steps_per_s and tokens_per_s use wall-clock time; steps_per_cpu_s uses the child's CPU time
-    (process_time), which a busy machine inflates less than wall time when the child runs one
-    thread; cpu_share = CPU time / wall time (1.0: the child had a core to itself all along).
-    """
-    ends, cpu_ends = result["step_end_times"], result["step_end_cpu_times"]
-    if len(ends) != args.total_steps:
-        raise RuntimeError(f"{result['config']}: {len(ends)} optimizer steps, expected {args.total_steps}")
-    out = []
-    for i in range(args.rounds):
-        first = args.warmup + i * args.block_steps
-        last = first + args.block_steps - 1  # index of the block's last step end
-        wall = ends[last] - result["released_times"][i]
-        cpu = cpu_ends[last] - result["released_cpu_times"][i]
-        step_starts = [result["released_times"][i], *ends[first:last]]
-        step_seconds = [end - start for start, end in zip(step_starts, ends[first : last + 1])]
-        cpu_starts = [result["released_cpu_times"][i], *cpu_ends[first:last]]
-        step_cpu_seconds = [end - start for start, end in zip(cpu_starts, cpu_ends[first : last + 1])]
-        out.append(
-            dict(
-                steps_per_s=args.block_steps / wall,
-                tokens_per_s=sum(batch_tokens[first : last + 1]) / wall,
-                steps_per_cpu_s=args.block_steps / cpu,
-                cpu_share=cpu / wall,
-                median_step_ms=1000 * statistics.median(step_seconds),
-                seconds=wall,
-                step_seconds=[round(t, 6) for t in step_seconds],
-                step_cpu_seconds=[round(t, 6) for t in step_cpu_seconds],
-            )
-        )
-    return out
-
-
-def _median_spread(values: list[float]) -> dict:
-    ordered = sorted(values)
-    quartiles = statistics.quantiles(ordered, n=4) if len(ordered) >= 2 else [ordered[0]] * 3
-    return dict(
-        median=statistics.median(ordered),
-        q1=quartiles[0],
-        q3=quartiles[2],
-        min=ordered[0],
-        max=ordered[-1],
-        n=len(ordered),
-    )
 
 
 def window_means(step_losses: list[float], every: int) -> list[list[float]]:
@@ -780,10 +641,8 @@ def loss_cost(pairs: int = 8, calls: int = 300, repeats: int = 5) -> dict:
             reference = torch.randn(2, pairs, generator=generator)
             lengths = torch.randint(1, 20, (2, pairs), generator=generator).float()
             start = time.thread_time()
-            out = preference_loss(
-                name, policy[0], policy[1], reference[0], reference[1], beta=0.1,
-                chosen_lengths=lengths[0], rejected_lengths=lengths[1], validate=False, **params,
-            )  # fmt: skip
+            lengths_of = dict(chosen_lengths=lengths[0], rejected_lengths=lengths[1])
+            out = preference_loss(name, *policy, *reference, beta=0.1, validate=False, **lengths_of, **params)
             loss = out.losses.mean()
             for value in (out.chosen_rewards, out.rejected_rewards, out.weights):  # the loop's metrics
                 value.float().mean(), value.float().min(), value.float().max()
@@ -866,7 +725,7 @@ def summarise(results: dict[str, dict], timings: dict[str, list[dict]]) -> dict:
     for name, result in results.items():
         row: dict[str, Any] = {}
         if name in timings:
-            row.update({key: _median_spread([b[key] for b in timings[name]]) for key in RATES})
+            row.update({key: median_spread([b[key] for b in timings[name]]) for key in RATES})
             steps = sum(b["steps_per_s"] * b["seconds"] for b in timings[name])
             row["overall_steps_per_s"] = steps / sum(b["seconds"] for b in timings[name])
             row["rss_high_water_at_last_step_mib"] = result["rss_high_water_mib"].get("after_last_step")
@@ -874,42 +733,6 @@ def summarise(results: dict[str, dict], timings: dict[str, list[dict]]) -> dict:
         row["peak_rss_mib"] = result["peak_rss_mib"]
         summary[name] = row
     return summary
-
-
-def round_ratios(timings: dict[str, list[dict]], numerator: str, denominator: str, key: str) -> dict | None:
-    """numerator/denominator of ``key`` per round (blocks seconds apart, same batches); median, spread."""
-    if numerator not in timings or denominator not in timings:
-        return None
-    values = [a[key] / b[key] for a, b in zip(timings[numerator], timings[denominator])]
-    return _median_spread(values)
-
-
-def paired_step_ratio(
-    timings: dict[str, list[dict]], numerator: str, denominator: str, key: str = "step_seconds"
-) -> dict | None:
-    """Speed ratio numerator/denominator from step times paired by batch: the median over every
-    timed step of t_denominator / t_numerator (the two steps trained on the same batch, in the same
-    round), with a 90% bootstrap interval that resamples whole rounds. A step slowed by a burst of
-    load moves a median of ~300 paired steps far less than it moves a block's total."""
-    import numpy as np
-
-    if numerator not in timings or denominator not in timings:
-        return None
-    per_round = [
-        np.asarray(b[key]) / np.asarray(a[key]) for a, b in zip(timings[numerator], timings[denominator])
-    ]
-    rng = np.random.default_rng(0)
-    resampled = [
-        float(
-            np.median(np.concatenate([per_round[i] for i in rng.integers(0, len(per_round), len(per_round))]))
-        )
-        for _ in range(1000)
-    ]
-    return dict(
-        median=float(np.median(np.concatenate(per_round))),
-        ci90=[float(np.quantile(resampled, 0.05)), float(np.quantile(resampled, 0.95))],
-        n_steps=int(sum(len(r) for r in per_round)),
-    )
 
 
 def targets(results: dict, timings: dict, prep: dict) -> list[dict]:
@@ -1032,6 +855,22 @@ def config_spec(name: str) -> dict:
 
 
 def parent_main(args: argparse.Namespace) -> None:
+    """Prepare the data once, check loss parity, time every configuration, then report and save."""
+    names, parity_configs = selected_configs(args)
+    out_path = Path(args.out) if args.out else (None if args.quick else DEFAULT_OUT)
+    started = time.perf_counter()
+    meta = environment(args)
+    measured = measure(args, names, parity_configs)
+    report = build_report(args, meta, measured)
+    report["total_seconds"] = time.perf_counter() - started
+    print_report(report)
+    if out_path is not None:
+        write_text_atomic(out_path, json.dumps(report, indent=1) + "\n")
+        print(f"wrote {out_path}")
+
+
+def selected_configs(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """The configurations to time and those of the parity check (TRL's left out when it is missing)."""
     names = [n.strip() for n in args.configs.split(",")] if args.configs else [*CONFIGS, REPLICA]
     for name in names:
         config_spec(name)
@@ -1040,9 +879,11 @@ def parent_main(args: argparse.Namespace) -> None:
         print("trl is not installed: the trl-* configurations are skipped (pip install 'capo-tutorial[dev]')")
         names = [n for n in names if not n.startswith("trl")]
         parity_configs = [n for n in parity_configs if not n.startswith("trl")]
-    out_path = Path(args.out) if args.out else (None if args.quick else DEFAULT_OUT)
-    started = time.perf_counter()
-    meta = environment(args)
+    return names, parity_configs
+
+
+def measure(args: argparse.Namespace, names: list[str], parity_configs: list[str]) -> dict[str, Any]:
+    """Everything the children measure, in a temporary folder: prep, parity, idle, loss cost, results."""
     with tempfile.TemporaryDirectory(prefix="capo-bench-") as tmp:
         workdir, logs = Path(tmp) / "data", Path(tmp) / "logs"
         workdir.mkdir()
@@ -1060,57 +901,76 @@ def parent_main(args: argparse.Namespace) -> None:
                 print(f"  {pair}: max |loss difference| {difference:.2e}")
         idle = run_to_end(IDLE, args, workdir, logs) if args.idle else None
         loss_ms = loss_cost(calls=20 if args.quick else 300)
-        results = run_rounds(names, args, workdir, logs)
-    timings = {name: blocks(result, args, prep["batch_tokens"]) for name, result in results.items()}
-    if idle is not None:
-        results = {IDLE: idle, **results}
+        start = functools.partial(start_child, args=args, workdir=workdir, logs=logs, controlled=True)
+        results = run_rounds(names, start, args.rounds)
+    return dict(prep=prep, parity=parity, idle=idle, loss_ms=loss_ms, results=results)
+
+
+def build_report(args: argparse.Namespace, meta: dict, measured: dict[str, Any]) -> dict[str, Any]:
+    """The JSON report: settings, data, parity, per-configuration summaries, targets and every block."""
+    prep, results = measured["prep"], measured["results"]
+    shape = dict(warmup=args.warmup, rounds=args.rounds, block_steps=args.block_steps)
+    timings = {
+        name: block_rates(result, **shape, batch_tokens=prep["batch_tokens"])
+        for name, result in results.items()
+    }
+    if measured["idle"] is not None:
+        results = {IDLE: measured["idle"], **results}
     init_hashes = {result["init_hash"] for result in results.values()} | {prep["init_hash"]}
-    summary = summarise(results, timings)
-    target_rows = targets(results, timings, prep)
     meta["machine"]["load_average_at_end"] = list(os.getloadavg())
-    report = dict(
+    return dict(
         benchmark="train_throughput",
         **meta,
-        settings=dict(
-            profile="smoke",
-            batch_pairs=args.batch_size,
-            max_length=args.max_length,
-            warmup_steps=args.warmup,
-            rounds=args.rounds,
-            block_steps=args.block_steps,
-            learning_rate=args.learning_rate,
-            lr_schedule="constant",
-            max_grad_norm=1.0,
-            weight_decay=0.0,
-            beta=args.beta,
-            capo_params=CAPO_PARAMS,
-            lora=dict(r=LORA_R, alpha=LORA_ALPHA, reference="adapter"),
-            log_every=10,
-            loop_eval_batch_size=args.batch_size,
-            quick=args.quick,
-        ),
+        settings=settings(args),
         data=prep,
         same_initial_weights=len(init_hashes) == 1,
-        loss_parity=parity,
+        loss_parity=measured["parity"],
         loss_agreement_10_step_means=loss_agreement(results),
         variant_effects=variant_effects(timings),
-        loss_function_cpu_ms=loss_ms,
+        loss_function_cpu_ms=measured["loss_ms"],
         context_ratios={
             name: paired_step_ratio(timings, a, b)
             for name, a, b in CONTEXT_RATIOS
             if a in timings and b in timings
         },
-        summary=summary,
-        targets=target_rows,
+        summary=summarise(results, timings),
+        targets=targets(results, timings, prep),
         blocks=timings,
-        children={name: _without_stamps(result) for name, result in results.items()},
-        total_seconds=time.perf_counter() - started,
+        children={
+            name: {key: value for key, value in result.items() if key not in STAMP_KEYS}
+            for name, result in results.items()
+        },
     )
-    agreement = report["loss_agreement_10_step_means"].values()
-    early = [row["first_50_steps"] for row in agreement if row["first_50_steps"] is not None]
+
+
+def settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The run's settings, as the report records them."""
+    return dict(
+        profile="smoke",
+        batch_pairs=args.batch_size,
+        max_length=args.max_length,
+        warmup_steps=args.warmup,
+        rounds=args.rounds,
+        block_steps=args.block_steps,
+        learning_rate=args.learning_rate,
+        lr_schedule="constant",
+        max_grad_norm=1.0,
+        weight_decay=0.0,
+        beta=args.beta,
+        capo_params=CAPO_PARAMS,
+        lora=dict(r=LORA_R, alpha=LORA_ALPHA, reference="adapter"),
+        log_every=10,
+        loop_eval_batch_size=args.batch_size,
+        quick=args.quick,
+    )
+
+
+def print_report(report: dict[str, Any]) -> None:
+    """The report's summary table, targets, loss cost, context ratios, variants and padding."""
+    summary, loss_ms, padding = report["summary"], report["loss_function_cpu_ms"], report["data"]["padding"]
     print()
     print_table(summary, "trl-copy" if "trl-copy" in summary else None)
-    print_targets(target_rows)
+    print_targets(report["targets"])
     print(
         f"loss + metrics + backward per step, CPU ms: dpo {loss_ms['dpo']:.3f}, capo {loss_ms['capo']:.3f} "
         "(the only work a capo step adds to a dpo step)"
@@ -1123,22 +983,14 @@ def parent_main(args: argparse.Namespace) -> None:
             f"{name}: {ratio['median']:.3f}x its base [{ratio['ci90'][0]:.3f}-{ratio['ci90'][1]:.3f}]; "
             f"{effect['change']}"
         )
-    padding = prep["padding"]
+    agreement = report["loss_agreement_10_step_means"].values()
+    early = [row["first_50_steps"] for row in agreement if row["first_50_steps"] is not None]
     print(
         f"\npadding: length-grouped {padding['length_grouped']['mean']:.3f}, random "
         f"{padding['random']['mean']:.3f}; same initial weights: {report['same_initial_weights']}; "
         + (f"10-step loss means agree within {max(early):.1e} over the first 50 steps; " if early else "")
         + f"total {report['total_seconds']:.0f} s"
     )
-    if out_path is not None:
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        out_path.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-        print(f"wrote {out_path}")
-
-
-def _without_stamps(result: dict) -> dict:
-    dropped = ("step_end_times", "step_end_cpu_times", "released_times", "released_cpu_times")
-    return {key: value for key, value in result.items() if key not in dropped}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
