@@ -1,6 +1,5 @@
 """Committed experiment results: schema, manifests, and a slice recomputed now."""
 
-import importlib.util
 import json
 import time
 from pathlib import Path
@@ -97,20 +96,3 @@ def test_a_committed_scale1_slice_recomputes(tmp_path, method):
     assert now.accuracy == pytest.approx(row.accuracy, abs=ACCURACY_TOLERANCE)
     assert now.reference_accuracy == pytest.approx(row.reference_accuracy, abs=ACCURACY_TOLERANCE)
     assert now.n == row.n
-
-
-def _grid_definitions() -> dict:
-    """``GRIDS`` of experiments/run_grid.py (a script, not a module of the package)."""
-    spec = importlib.util.spec_from_file_location("run_grid", RESULTS.parent / "run_grid.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script.GRIDS
-
-
-@pytest.mark.skipif("scale1" not in GRIDS, reason="the scale-1 grid has not been committed yet")
-def test_scale2_includes_the_strongest_scale1_baseline_at_its_noise_rate():
-    scale2 = _grid_definitions()["scale2"]
-    overall = select(pd.read_csv(RESULTS / "scale1" / "results.csv"))
-    baselines = overall[~overall.method.isin(["dpo", "capo"]) & overall.noise.isin(scale2["noises"])]
-    strongest = baselines.groupby("method").accuracy.mean().idxmax()
-    assert strongest in scale2["methods"](), f"scale 1's strongest baseline is {strongest}"
