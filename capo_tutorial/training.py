@@ -36,11 +36,12 @@ from capo_tutorial.checkpoint import (
     load_trainable_weights,
     save_checkpoint,
 )
-from capo_tutorial.components import Components, build_components, freeze_reference, reference_weights_path
+from capo_tutorial.components import Components, build_components, freeze_reference
 from capo_tutorial.config import RunConfig
 from capo_tutorial.evaluation import evaluation_summary, score_pairs
-from capo_tutorial.logprobs import concatenated_logps, sequence_logps
+from capo_tutorial.logprobs import concatenated_logps
 from capo_tutorial.losses import LOSSES, preference_loss
+from capo_tutorial.warmup import reference_weights_path, sft_step
 
 __all__ = ["TrainResult", "TrainingDivergedError", "evaluate_run", "train"]
 
@@ -213,7 +214,7 @@ def _run_stage(stage, config, components, accelerator, logger, progress, resume_
         load_checkpoint(resume_from, model=model, optimizer=optimizer, scheduler=scheduler)
         accelerator.print(f"resumed {stage} from {resume_from} at step {progress.step}")
     prepared_model, optimizer = accelerator.prepare(model, optimizer)
-    step_function = _sft_step if stage == "sft" else _preference_step
+    step_function = sft_step if stage == "sft" else _preference_step
     start = time.perf_counter()
     logger.start(stage, total_steps, progress.step)
     for batch in _batches(components, config, accelerator, progress):
@@ -308,21 +309,8 @@ def _guard_finite(
 
 
 # --------------------------------------------------------------------------------------------------
-# The two step functions: loss and metrics of one micro-batch
+# The preference step: loss and metrics of one micro-batch (the SFT step is warmup.sft_step)
 # --------------------------------------------------------------------------------------------------
-
-
-def _sft_step(model, batch, config, components, accelerator) -> dict[str, Tensor]:
-    """Token-mean NLL of the chosen responses; the rejected half of the batch is not run."""
-    pairs = batch["input_ids"].shape[0] // 2
-    with accelerator.autocast():
-        logps, lengths = sequence_logps(
-            model,
-            batch["input_ids"][:pairs],
-            batch["attention_mask"][:pairs],
-            batch["completion_mask"][:pairs],
-        )
-    return {"loss": -logps.sum() / lengths.sum().clamp_min(1)}
 
 
 def _preference_step(model, batch, config, components, accelerator) -> dict[str, Tensor]:
