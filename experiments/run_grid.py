@@ -37,17 +37,36 @@ def _sweep_methods() -> list[Method]:
 
 
 GRIDS = {
-    "sweep": dict(methods=_sweep_methods, seeds=[0], noises=[0.2, 0.4], profile="smoke",
-                  overrides={"eval_split": "validation"}),
-    "scale1": dict(methods=lambda: [m for m in METHODS if m != "capo-sigmoid"], seeds=[0, 1, 2],
-                   noises=[0.0, 0.1, 0.2, 0.3, 0.4],
-                   profile="smoke", overrides={}),
-    "systematic": dict(methods=lambda: ["dpo", "capo", "rdpo"], seeds=[0, 1, 2], noises=[0.0],
-                       profile="smoke", overrides={"systematic_noise": ["ru", "ar"]}),
+    "sweep": dict(
+        methods=_sweep_methods,
+        seeds=[0],
+        noises=[0.2, 0.4],
+        profile="smoke",
+        overrides={"eval_split": "validation"},
+    ),
+    "scale1": dict(
+        methods=lambda: [m for m in METHODS if m != "capo-sigmoid"],
+        seeds=[0, 1, 2],
+        noises=[0.0, 0.1, 0.2, 0.3, 0.4],
+        profile="smoke",
+        overrides={},
+    ),
+    "systematic": dict(
+        methods=lambda: ["dpo", "capo", "rdpo"],
+        seeds=[0, 1, 2],
+        noises=[0.0],
+        profile="smoke",
+        overrides={"systematic_noise": ["ru", "ar"]},
+    ),
     # scale2: robust DPO (built for flipped labels) and SimPO (scale 1's strongest baseline at 30%)
-    "scale2": dict(methods=lambda: ["dpo", "capo", "rdpo", "simpo"], seeds=[0, 1, 2], noises=[0.3],
-                   profile="cpu", overrides={}),
-}  # fmt: skip
+    "scale2": dict(
+        methods=lambda: ["dpo", "capo", "rdpo", "simpo"],
+        seeds=[0, 1, 2],
+        noises=[0.3],
+        profile="cpu",
+        overrides={},
+    ),
+}
 
 
 def main(argv: list[str] | None = None) -> int:

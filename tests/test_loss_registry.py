@@ -215,3 +215,11 @@ def test_the_public_api_names_resolve():
     assert capo_tutorial.LOSSES is LOSSES
     with pytest.raises(AttributeError, match="no attribute 'nonsense'"):
         capo_tutorial.nonsense  # noqa: B018
+
+
+def test_the_api_page_lists_every_public_name():
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[1] / "book" / "api.md").read_text(encoding="utf-8")
+    missing = [name for name in capo_tutorial.__all__ if name != "__version__" and f"`{name}`" not in page]
+    assert not missing, f"book/api.md does not list {missing}"
