@@ -130,44 +130,21 @@ def test_capo_weights_follow_confidence_and_strength():
 
 
 def test_reference_source_uses_per_token_reference_margin():
-    pc, pr, rc, rr, lc, lr = random_logps(seed=6)
-    output = preference_loss(
-        "capo",
-        pc,
-        pr,
-        rc,
-        rr,
-        chosen_lengths=lc,
-        rejected_lengths=lr,
-        gamma=1.0,
-        tau=0.5,
-        confidence="reference",
-        normalize=False,
-    )
+    tensors = random_logps(seed=6)
+    _, _, rc, rr, lc, lr = tensors
+    output, _ = loss_and_grads("capo", tensors, gamma=1.0, tau=0.5, confidence="reference", normalize=False)
     expected = torch.sigmoid((rc / lc - rr / lr) / 0.5)
     torch.testing.assert_close(output.weights, expected)
 
 
 def test_policy_source_is_detached_per_token_policy_margin():
-    pc, pr, rc, rr, lc, lr = random_logps(seed=7)
-    output = preference_loss(
-        "capo",
-        pc,
-        pr,
-        rc,
-        rr,
-        chosen_lengths=lc,
-        rejected_lengths=lr,
-        gamma=1.0,
-        tau=2.0,
-        confidence="policy",
-        normalize=False,
-    )
+    tensors = random_logps(seed=7)
+    pc, pr, rc, rr, lc, lr = tensors
+    output, grads = loss_and_grads("capo", tensors, gamma=1.0, tau=2.0, confidence="policy", normalize=False)
     torch.testing.assert_close(output.weights, torch.sigmoid((pc / lc - pr / lr).detach() / 2.0))
     # The weight is a constant: the gradient is the weighted DPO gradient.
-    grads = torch.autograd.grad(output.losses.sum(), [pc])[0]
     margin = 0.1 * ((pc - rc) - (pr - rr))
-    torch.testing.assert_close(grads, -output.weights * torch.sigmoid(-margin).detach() * 0.1)
+    torch.testing.assert_close(grads[0], -output.weights * torch.sigmoid(-margin).detach() * 0.1)
 
 
 def test_batch_source_standardises_the_margin():
@@ -186,18 +163,8 @@ def test_callable_confidence_receives_all_signals():
         seen["signals"] = signals
         return torch.full_like(signals.margin, 0.25)
 
-    pc, pr, rc, rr, lc, lr = random_logps(seed=8)
-    output = preference_loss(
-        "capo",
-        pc,
-        pr,
-        rc,
-        rr,
-        chosen_lengths=lc,
-        rejected_lengths=lr,
-        gamma=1.0,
-        confidence=my_confidence,
-        normalize=False,
+    output, _ = loss_and_grads(
+        "capo", random_logps(seed=8), gamma=1.0, confidence=my_confidence, normalize=False
     )
     torch.testing.assert_close(output.weights, torch.full((16,), 0.25))
     assert seen["signals"].reference_margin is not None and seen["signals"].policy_margin is not None
