@@ -241,6 +241,13 @@ def test_filter_dpo_trains_on_exactly_the_pairs_the_audit_keeps(tmp_path):
     assert 0 < audit.pairs.suspect.sum() < len(audit.pairs)
     assert kept == audit.pairs.pair_id[~audit.pairs.suspect].tolist()
     assert max(i for batch in result.components.train_sampler for i in batch) == len(kept) - 1
+    # `capo audit --model RUN` rebuilds that run's reference: the same confidences as the profile's
+    assert (
+        main(["audit", "--model", str(tmp_path / "run"), "--out", str(tmp_path / "a"), "--no-progress"]) == 0
+    )
+    from_run = pd.read_csv(tmp_path / "a" / "pairs.csv")
+    assert from_run.pair_id.tolist() == audit.pairs.pair_id.tolist()
+    assert from_run.confidence.to_numpy() == pytest.approx(audit.pairs.confidence.to_numpy(), abs=1e-6)
 
 
 # --------------------------------------------------------------------------------------------------
