@@ -196,6 +196,40 @@ def test_bad_rows_stop_with_row_and_field_or_are_skipped(tmp_path, capsys):
     assert json.loads((tmp_path / "b" / "audit.json").read_text())["skipped"] == 1
 
 
+def test_any_data_with_a_local_model_folder(tmp_path):
+    """`capo audit --data FILE --model FOLDER`: a model saved with save_pretrained, a column map, a
+    truth column; the reference log-probs are the model's own (checked against logprobs directly)."""
+    from capo_tutorial.data import PreferenceCollator, load_preferences, tokenize_preferences
+    from capo_tutorial.logprobs import concatenated_logps
+    from capo_tutorial.models import tiny_model_and_tokenizer
+
+    rows = [
+        {"q": f"{a} + {b} =", "good": str(a + b), "bad": str(a + b + 1), "lang": "en", "wrong": a % 3 == 0}
+        for a, b in itertools.product(range(6), range(2))
+    ]
+    data = tmp_path / "sums.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    texts = [r["q"] + " " + r["good"] for r in rows]
+    model, tokenizer = tiny_model_and_tokenizer(texts, vocab_size=300, hidden_size=32, num_layers=1)
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    column_map = {"prompt": "q", "chosen": "good", "rejected": "bad", "language": "lang"}
+    flags = ["--data", str(data), "--column-map", json.dumps(column_map), "--truth", "wrong"]
+    out = tmp_path / "audit"
+    assert (
+        main(["audit", *flags, "--model", str(tmp_path / "model"), "--out", str(out), "--no-progress"]) == 0
+    )
+    pairs = pd.read_csv(out / "pairs.csv")
+    assert len(pairs) == len(rows) and pairs.truth.tolist() == [r["wrong"] for r in rows]
+    records = load_preferences(str(data), column_map=column_map)
+    batch = PreferenceCollator(tokenizer)(list(tokenize_preferences(records, tokenizer, max_length=1024)))
+    with torch.no_grad():
+        expected = concatenated_logps(model.eval(), batch)
+    assert pairs.ref_chosen_logps.to_numpy() == pytest.approx(expected.chosen_logps.numpy(), abs=1e-4)
+    assert pairs.chosen_length.tolist() == expected.chosen_lengths.tolist()
+    assert "auroc" in pd.read_csv(out / "languages.csv").columns
+
+
 def test_a_truth_column_that_is_not_boolean_is_named(tmp_path):
     scores = pd.DataFrame(
         {
