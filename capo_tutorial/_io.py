@@ -27,7 +27,7 @@ def atomic_path(final: str | Path, *, folder: bool = False) -> Iterator[Path]:
     On an exception inside the block the temporary is removed and ``final`` is left as it was.
     """
     final = Path(final)
-    temporary = final.with_name(f".{final.name}.tmp")
+    temporary = final.with_name(f".{final.name}.{os.getpid()}.tmp")  # two processes may write one cache file
     _remove(temporary)
     if folder:
         temporary.mkdir(parents=True)

@@ -496,8 +496,9 @@ def _run_scorer(run_dir: Path) -> _Scorer:
     """The reference of a finished ``capo train`` run: its warmed-up weights, rebuilt from config.json."""
     from accelerate import Accelerator
 
-    from capo_tutorial.components import build_components, freeze_reference
+    from capo_tutorial.components import build_components
     from capo_tutorial.config import RunConfig
+    from capo_tutorial.reference import freeze_reference
 
     config = RunConfig.load(run_dir / "config.json")
     components = build_components(config)

@@ -1,22 +1,17 @@
-"""Build what a run needs from its RunConfig: data, tokenizer, model (+ LoRA), batching, reference.
+"""Build what a run needs from its RunConfig: data, tokenizer, model (+ LoRA), batching.
 
-- ``build_components(config)`` gives ``Components`` (model, tokenizer, train and eval data sets,
-  collator, sampler);
-- ``freeze_reference(...)``, after the SFT warm-up, turns the policy into pi_ref (a copy, an adapter
-  or precomputed log-probs), saved once so that a resumed run finds it.
+``build_components(config)`` gives ``Components`` (model, tokenizer, train and eval data sets,
+collator, sampler, and the key of the SFT warm-up's cache); after the warm-up,
+``capo_tutorial.reference.freeze_reference`` adds the reference model to it.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import datasets
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from capo_tutorial.config import RunConfig
@@ -31,22 +26,19 @@ from capo_tutorial.data import (
 from capo_tutorial.hub_data import HUB_LAYOUTS
 from capo_tutorial.models import (
     apply_lora,
-    cache_root,
     enable_gradient_checkpointing,
     gemma3_270m,
     load_pretrained,
     tiny_model_and_tokenizer,
 )
-from capo_tutorial.reference import REFERENCE_COLUMNS, Reference, precompute_reference_logps
+from capo_tutorial.reference import Reference
 from capo_tutorial.testbed import make_testbed
-from capo_tutorial.warmup import hash_tokens, reference_weights_path, warmup_key
+from capo_tutorial.warmup import warmup_key
 
 __all__ = [
     "Components",
     "build_components",
-    "freeze_reference",
     "load_run_data",
-    "reference_mode",
 ]
 
 
@@ -63,13 +55,6 @@ class Components:
     reports: dict[str, TokenizationReport] = field(default_factory=dict)
     reference: Reference | None = None
     warmup_key: str = ""  # content hash of what the SFT warm-up starts from (see reference_weights_path)
-
-
-def reference_mode(config: RunConfig) -> str:
-    """The reference mode a run uses ("auto": the adapter with LoRA, else precomputed log-probs)."""
-    if config.reference != "auto":
-        return config.reference
-    return "adapter" if config.lora_r else "precomputed"
 
 
 def load_run_data(config: RunConfig, split: str | None = None) -> tuple[datasets.Dataset, datasets.Dataset]:
@@ -161,91 +146,3 @@ def build_components(config: RunConfig) -> Components:
         train_sampler=sampler,
         reports={"train": train_report, "eval": eval_report},
     )
-
-
-def freeze_reference(config: RunConfig, components: Components, accelerator, *, load: bool) -> None:
-    """Make the warmed-up policy the reference model, and start preference training from it.
-
-    With LoRA, the warm-up's adapter is merged into the base weights and a fresh adapter is
-    added, so that "adapter" mode (adapter disabled) gives the warmed-up model. After an SFT
-    warm-up the weights are saved to :func:`reference_weights_path`; with ``load=True`` (a cache
-    hit, or a resumed run) they are loaded from there instead.
-    """
-    model = components.model
-    if config.lora_r:
-        model = model.merge_and_unload()
-    path = reference_weights_path(config, components)
-    if config.sft_steps and load:
-        _load_full_state(model, path)
-    elif config.sft_steps and accelerator.is_main_process:
-        _save_full_state(model, path)
-    accelerator.wait_for_everyone()
-    if config.lora_r:
-        model = apply_lora(
-            model,
-            r=config.lora_r,
-            alpha=config.lora_alpha,
-            dropout=config.lora_dropout,
-            seed=config.seed,
-            verbose=False,
-        )
-    if config.gradient_checkpointing:
-        enable_gradient_checkpointing(model)
-    components.model = model
-    mode = reference_mode(config)
-    components.reference = Reference(mode, model)
-    if mode == "precomputed":
-        _precompute(config, components, accelerator.device)
-
-
-def _save_full_state(model: nn.Module, path: Path) -> None:
-    """Every weight (tied weights once) to safetensors, atomically: temp file, then rename."""
-    seen, state = set(), {}
-    for name, tensor in model.state_dict().items():
-        if tensor.data_ptr() not in seen:  # safetensors refuses two names for one memory
-            seen.add(tensor.data_ptr())
-            state[name] = tensor.detach().cpu().contiguous()
-    _save_atomically(state, path)
-
-
-def _save_atomically(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    """safetensors to a temporary name, then a rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file(tensors, str(temporary))
-    os.replace(temporary, path)
-
-
-def _load_full_state(model: nn.Module, path: Path) -> None:
-    if not path.exists():
-        raise FileNotFoundError(
-            f"the warmed-up reference weights {path} are missing: rerun with resume=False"
-        )
-    missing, unexpected = model.load_state_dict(load_file(str(path)), strict=False)
-    tied = {name for name in missing if "lm_head" in name or "embed" in name}
-    if unexpected or set(missing) - tied:
-        raise ValueError(f"{path} does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
-
-
-def _precompute(config: RunConfig, components: Components, device: torch.device) -> None:
-    """Reference log-probs of the train and eval pairs; with the SFT cache on, they are cached too
-    (every method trained from the same warm-up shares them)."""
-    model = components.model.to(device)
-    for name in ("train_dataset", "eval_dataset"):
-        dataset = getattr(components, name)
-        digest = hashlib.sha256(components.warmup_key.encode())
-        hash_tokens(digest, dataset)
-        cached = cache_root() / "reference-logps" / f"{digest.hexdigest()[:24]}.safetensors"
-        if config.sft_cache and cached.exists():
-            logps = load_file(str(cached))
-            dataset = dataset.add_column(REFERENCE_COLUMNS[0], logps["chosen"].tolist())
-            dataset = dataset.add_column(REFERENCE_COLUMNS[1], logps["rejected"].tolist())
-        else:
-            dataset = precompute_reference_logps(
-                model, dataset, components.collator, batch_size=config.eval_batch_size, device=device
-            )
-            if config.sft_cache:
-                _save_atomically(
-                    {c.split("_")[1]: torch.tensor(dataset[c][:]) for c in REFERENCE_COLUMNS}, cached
-                )
-        setattr(components, name, dataset)

@@ -1,6 +1,6 @@
-"""Models and tokenizers: the tiny smoke model, pretrained loading, LoRA and the reference model.
+"""Models and tokenizers: the tiny smoke model, pretrained loading, LoRA.
 
-Three ways to get a policy, one per profile (DESIGN.md):
+Three ways to get a policy, one per profile (``capo_tutorial.config.PROFILES``):
 
 - smoke: :func:`tiny_model_and_tokenizer` trains a byte-level BPE tokenizer on the texts it is given
   (the testbed) and builds a random-init Llama of ~1.3M parameters that trains in minutes on 2 cores.
@@ -10,17 +10,12 @@ Three ways to get a policy, one per profile (DESIGN.md):
 - gpu: :func:`load_pretrained` with a hub id (offline, it reads the Hugging Face cache), a local folder,
   or any GGUF file.
 
-The reference model pi_ref of DPO/CAPO comes in three modes:
-
-- "copy": ``reference = frozen_copy(policy)``, a second model in eval mode with no gradients;
-- "adapter": the policy is a LoRA model (:func:`apply_lora`), and the reference is the same model with
-  its adapter switched off: ``with reference_context(policy): ref_logits = policy(...).logits``;
-- "precomputed": reference log-probs computed once over the data set (see ``capo_tutorial.logprobs``).
+The reference model pi_ref built from these (a frozen copy, the LoRA model with its adapter off, or
+precomputed log-probs) is ``capo_tutorial.reference``.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import os
@@ -28,8 +23,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
@@ -54,11 +48,9 @@ __all__ = [
     "convert_gguf",
     "count_parameters",
     "enable_gradient_checkpointing",
-    "frozen_copy",
     "gemma3_270m",
     "load_pretrained",
     "lora_target_modules",
-    "reference_context",
     "tiny_causal_lm",
     "tiny_model_and_tokenizer",
     "train_tokenizer",
@@ -609,7 +601,7 @@ def gemma3_270m(
 
 
 # --------------------------------------------------------------------------------------------------
-# LoRA, the reference model, parameter counts
+# LoRA, gradient checkpointing, parameter counts
 # --------------------------------------------------------------------------------------------------
 
 
@@ -651,7 +643,7 @@ def apply_lora(
 
     The adapters start as a no-op (LoRA's B matrix is zero), so the wrapped model's outputs equal the
     base model's until the first update. ``model`` is modified in place (peft injects the adapter
-    layers into it): take :func:`frozen_copy` first if you also need the untouched base.
+    layers into it): take ``capo_tutorial.reference.frozen_copy`` first if you also need the untouched base.
 
     Args:
         r: adapter rank.
@@ -690,17 +682,6 @@ def apply_lora(
     return peft_model
 
 
-def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
-    """A deep copy in eval mode with every parameter's ``requires_grad`` off: the "copy" reference.
-
-    Costs a second model's memory; with LoRA, :func:`reference_context` avoids that.
-    """
-    reference = copy.deepcopy(model)
-    reference.eval()
-    reference.requires_grad_(False)
-    return reference
-
-
 def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
     """Keep only each decoder layer's input for the backward pass and recompute the rest there.
 
@@ -716,30 +697,3 @@ def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
         return
     base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     base.enable_input_require_grads()
-
-
-@contextmanager
-def reference_context(model: PeftModel) -> Iterator[PeftModel]:
-    """Inside, ``model`` is the reference: adapters off, eval mode, no autograd.
-
-    The "adapter" reference mode: one model in memory serves as both policy and reference::
-
-        with reference_context(policy):
-            reference_logits = policy(input_ids, attention_mask=mask).logits
-        policy_logits = policy(input_ids, attention_mask=mask).logits  # adapters on again
-
-    The train/eval mode is restored on exit. With Accelerate, pass ``accelerator.unwrap_model(policy)``.
-    """
-    if not isinstance(model, PeftModel):
-        raise TypeError(
-            "reference_context needs a LoRA model from apply_lora (a PeftModel), "
-            f"got {type(model).__name__}; "
-            "for a full model use reference = frozen_copy(model) (reference mode 'copy')."
-        )
-    was_training = model.training
-    model.eval()
-    try:
-        with model.disable_adapter(), torch.no_grad():
-            yield model
-    finally:
-        model.train(was_training)

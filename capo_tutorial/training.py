@@ -36,11 +36,12 @@ from capo_tutorial.checkpoint import (
     load_trainable_weights,
     save_checkpoint,
 )
-from capo_tutorial.components import Components, build_components, freeze_reference
+from capo_tutorial.components import Components, build_components
 from capo_tutorial.config import RunConfig
 from capo_tutorial.evaluation import evaluation_summary, score_pairs
 from capo_tutorial.logprobs import concatenated_logps
 from capo_tutorial.losses import LOSSES, preference_loss
+from capo_tutorial.reference import freeze_reference
 from capo_tutorial.warmup import reference_weights_path, sft_step
 
 __all__ = ["TrainResult", "TrainingDivergedError", "evaluate_run", "train"]

@@ -20,15 +20,14 @@ from capo_tutorial.models import (
     cache_root,
     convert_gguf,
     count_parameters,
-    frozen_copy,
     gemma3_270m,
     load_pretrained,
     lora_target_modules,
-    reference_context,
     tiny_causal_lm,
     tiny_model_and_tokenizer,
     train_tokenizer,
 )
+from capo_tutorial.reference import frozen_copy, reference_context
 
 # One phrase per script; the corpus repeats them with numbers so BPE has something to merge.
 SCRIPTS = {
