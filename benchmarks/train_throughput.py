@@ -279,6 +279,8 @@ def run_loop(spec: dict, args: argparse.Namespace, workdir: Path, scratch: Path)
 
 def run_trl(spec: dict, args: argparse.Namespace, workdir: Path, scratch: Path) -> dict:
     """trl.DPOTrainer from the saved folder and the text records, as a user's TRL script would run it."""
+    # Over 60 lines: one TRL set-up written out as a user's script would write it (config, data,
+    # trainer, the token-id check), so that the benchmark measures what such a script runs.
     import datasets
     import trl
     from trl import DPOConfig, DPOTrainer

@@ -517,6 +517,8 @@ def plot_accuracy_vs_noise(
         The figure; the axes holds one error-bar line per hue level (label = the level), in order
         of first appearance.
     """
+    # Over 60 lines with its docstring: one figure drawn top to bottom (check, lay out, one line per
+    # hue level, baselines, axes); pieces split out would only pass the axes around.
     require_columns(results, {x, y, hue}, "results")
     levels = list(dict.fromkeys(results[hue]))
     palette = method_palette(levels)
@@ -1070,6 +1072,8 @@ def plot_label_agreement(
         The figure; its axes holds one bar container per model (label = the name), one bar per group
         ("clean label", then "flipped label"), heights in percent.
     """
+    # Over 60 lines with its docstring: one figure drawn top to bottom (check, one bar group per
+    # model with its intervals, axes).
     for name, table in tables.items():
         missing = {correct, flipped} - set(table.columns)
         if missing:
@@ -1187,6 +1191,8 @@ def plot_metric_by_language(
         The figure; its axes holds one bar container per hue level (label = the level, bar heights
         the means, in the order of the x-axis), in order of first appearance.
     """
+    # Over 60 lines with its docstring: one figure drawn top to bottom (check, lay out, per hue level
+    # the seed dots and the bars of their means, axes); the numbers come from summarise_seeds.
     _check_spread(spread)
     require_columns(runs, {x, y, hue, "seed"}, "runs")
     rows = runs.dropna(subset=[y])
@@ -1264,6 +1270,8 @@ def plot_paired_differences(
         The figure; its axes holds one error-bar container per hue level (label = the formatted
         level), whose points are the scaled means in the order of the categories.
     """
+    # Over 60 lines with its docstring: one figure drawn top to bottom (check, lay out, per hue level
+    # the seed dots and the mean with its spread, axes); the numbers come from summarise_seeds.
     _check_spread(spread)
     require_columns(differences, {x, y, *([hue] if hue else [])}, "differences")
     data = differences.dropna(subset=[y])
@@ -1399,6 +1407,8 @@ def plot_sweep(
         The figure; its axes holds one bar container per hue level (label e.g. "20% flipped"), bars
         in the order of the variants from top to bottom (first appearance, baseline left out).
     """
+    # Over 60 lines with its docstring: one figure drawn top to bottom (check, lay out, one bar set
+    # per hue level with the baseline's line, axes).
     require_columns(runs, {y, variant, hue}, "runs")
     means = summarise_seeds(_with_seed(runs), y, by=[variant, hue]).set_index([variant, hue])["mean"]
     variants = [v for v in dict.fromkeys(runs[variant].astype(str)) if v != baseline]
