@@ -517,7 +517,8 @@ def _run_scorer(run_dir: Path) -> _Scorer:
 
 def _load_scorer(model: str, max_length: int | None) -> _Scorer:
     """A run folder, 'gemma3-270m' (the PyPI GGUF), or a hub id / local model folder."""
-    from capo_tutorial.models import gemma3_270m, load_pretrained
+    from capo_tutorial.gguf import gemma3_270m
+    from capo_tutorial.models import load_pretrained
 
     path = Path(model)
     if (path / "config.json").exists() and (path / "history.jsonl").exists():

@@ -23,11 +23,11 @@ from capo_tutorial.data import (
     pair_lengths,
     tokenize_preferences,
 )
+from capo_tutorial.gguf import gemma3_270m
 from capo_tutorial.hub_data import HUB_LAYOUTS
 from capo_tutorial.models import (
     apply_lora,
     enable_gradient_checkpointing,
-    gemma3_270m,
     load_pretrained,
     tiny_model_and_tokenizer,
 )

@@ -13,14 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from capo_tutorial import models
+from capo_tutorial import gguf as gguf_loading
+from capo_tutorial.gguf import convert_gguf, gemma3_270m
 from capo_tutorial.models import (
     CHAT_TEMPLATE,
     apply_lora,
     cache_root,
-    convert_gguf,
     count_parameters,
-    gemma3_270m,
     load_pretrained,
     lora_target_modules,
     tiny_causal_lm,
@@ -452,7 +451,7 @@ def test_gguf_converts_once_into_the_cache(tiny, tokenizer, tiny_gguf, tmp_path,
     def no_second_conversion(*args, **kwargs):
         raise AssertionError("the cached conversion should have been used")
 
-    monkeypatch.setattr(models, "_load_gguf_dense", no_second_conversion)
+    monkeypatch.setattr(gguf_loading, "_load_gguf_dense", no_second_conversion)
     again, _ = load_pretrained(tiny_gguf.parent, gguf_file=tiny_gguf.name)
     with torch.no_grad():
         assert torch.equal(again(**inputs).logits, model(**inputs).logits)
