@@ -1,9 +1,11 @@
-"""The ``capo`` command: ``capo train``, ``capo eval`` and ``capo testbed``.
+"""The ``capo`` command: ``capo train``, ``eval``, ``plan``, ``audit`` and ``testbed``.
 
-Every RunConfig field is a flag of ``train`` and ``eval`` (``--learning-rate 1e-4``), on top of a
+Every RunConfig field is a flag of ``train`` and ``plan`` (``--learning-rate 1e-4``), on top of a
 profile (``--profile smoke|cpu|gpu``, default: CAPO_PROFILE or the hardware). Dict and list fields
-take JSON (``--loss-params '{"gamma": 1.0, "confidence": "reference"}'``). A bad flag or value ends
-with one line saying what is wrong, never a traceback (set CAPO_DEBUG=1 to see one).
+take JSON (``--loss-params '{"gamma": 1.0, "confidence": "reference"}'``). ``eval`` takes a run's
+folder; ``audit`` and ``testbed`` have flags of their own (``capo audit --help``). A bad flag or
+value, or a model or data set that cannot be found, ends with one line saying what is wrong, never
+a traceback (set CAPO_DEBUG=1 to see one).
 """
 
 from __future__ import annotations
@@ -85,13 +87,31 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         )
 
 
-def _config_from(arguments: argparse.Namespace) -> RunConfig:
+def _config_from(arguments: argparse.Namespace, card: Any = None) -> RunConfig:
     overrides = {
         f.name: getattr(arguments, f.name)
         for f in dataclasses.fields(RunConfig)
         if hasattr(arguments, f.name)
     }
-    return profile_config(arguments.profile, **overrides)
+    return profile_config(arguments.profile, card=card, **overrides)
+
+
+def _command_plan(arguments: argparse.Namespace) -> int:
+    """``capo plan``: the run's memory and time on a card; exit status 2 when nothing fits."""
+    from capo_tutorial.plan import CARDS, card_from_memory, detect_card, plan_run
+
+    if arguments.card == "auto":
+        card = detect_card() or CARDS["T4"]
+    else:
+        card = CARDS[arguments.card]
+    if arguments.gpu_memory is not None:
+        card = card_from_memory(arguments.gpu_memory, like=card.name if card.name in CARDS else "T4")
+    config = _config_from(arguments, card=card)
+    plan = plan_run(config, card)
+    print(plan.describe())
+    runs = arguments.runs
+    print(f"  {runs} run{'s' if runs > 1 else ''} (chapter 4 trains two): ~{runs * plan.run_minutes:.0f} min")
+    return 0 if plan.fits else 2
 
 
 def _command_train(arguments: argparse.Namespace) -> int:
@@ -233,6 +253,12 @@ def _add_audit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _card_names() -> list[str]:
+    from capo_tutorial.plan import CARDS
+
+    return list(CARDS)
+
+
 class _OneLineParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (what is wrong, and where the help is)."""
 
@@ -259,6 +285,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_testbed_arguments(testbed_parser)
     testbed_parser.set_defaults(handler=_command_testbed)
+    plan_parser = commands.add_parser(
+        "plan", help="memory and time of a run on a GPU: what fits a card, and how long it takes"
+    )
+    plan_parser.add_argument(
+        "--card",
+        choices=["auto", *_card_names()],
+        default="auto",
+        help="the GPU to plan for (default: the one this machine has, else a T4)",
+    )
+    plan_parser.add_argument(
+        "--gpu-memory",
+        type=float,
+        default=None,
+        metavar="GIB",
+        help="GPU memory to plan for, in GiB (default: the card's; a free Colab T4 leaves about 15)",
+    )
+    plan_parser.add_argument("--runs", type=int, default=2, help="runs to add up for the total time")
+    _add_config_flags(plan_parser)
+    plan_parser.set_defaults(handler=_command_plan)
     audit_parser = commands.add_parser(
         "audit", help="find the suspect pairs of a preference set, per language, before training"
     )

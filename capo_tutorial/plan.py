@@ -359,6 +359,4 @@ def fit_to_card(config: RunConfig, card: Card, keep: frozenset[str] | set[str] =
 
 def card_from_memory(gpu_memory_gib: float, like: str = "T4") -> Card:
     """A card with ``gpu_memory_gib`` usable memory and otherwise like the named one."""
-    return dataclasses.replace(
-        CARDS[like], name=f"{like} ({gpu_memory_gib:g} GiB)", memory_gib=gpu_memory_gib
-    )
+    return dataclasses.replace(CARDS[like], memory_gib=gpu_memory_gib)

@@ -25,6 +25,7 @@ from typing import Any
 import pandas as pd
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from torch import Tensor
 from torch.utils.data import DataLoader
@@ -173,19 +174,30 @@ def _accelerator(config: RunConfig) -> Accelerator:
     """Accelerate for this run; processes started by torchrun / ``accelerate launch --multi_gpu`` on a
     machine without CUDA train data-parallel on the CPU (gloo), which needs ``cpu=True``."""
     launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    mixed_precision = _mixed_precision(config.precision)
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision") not in (None, mixed_precision):
+        # Accelerate keeps one precision per process; a later run in the same process (a notebook,
+        # a benchmark) may ask for another. The distributed set-up (PartialState) is kept.
+        AcceleratorState._reset_state()
     return Accelerator(
         cpu=launched and not torch.cuda.is_available(),
-        mixed_precision=_mixed_precision(config.precision),
+        mixed_precision=mixed_precision,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
     )
 
 
 def _mixed_precision(precision: str) -> str:
-    """Accelerate's mixed_precision for a RunConfig.precision ("auto": bf16 or fp16 on CUDA, else none)."""
+    """Accelerate's mixed_precision for a RunConfig.precision.
+
+    "auto" is bf16 on a GPU that computes it natively (compute capability >= 8.0: A100, L4, H100),
+    fp16 with loss scaling on older GPUs (T4, V100), and fp32 on a CPU. ``torch.cuda.is_bf16_supported``
+    is no guide: it is True on a T4, which only emulates bf16, slowly.
+    """
     if precision == "auto":
         if not torch.cuda.is_available():
             return "no"
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if torch.cuda.get_device_capability()[0] >= 8 else "fp16"
     return {"fp32": "no", "fp16": "fp16", "bf16": "bf16"}[precision]
 
 
@@ -216,6 +228,7 @@ def _run_stage(stage, config, components, accelerator, logger, progress, resume_
         accelerator.print(f"resumed {stage} from {resume_from} at step {progress.step}")
     prepared_model, optimizer = accelerator.prepare(model, optimizer)
     step_function = sft_step if stage == "sft" else _preference_step
+    overflows = _OverflowGuard(config, accelerator)
     start = time.perf_counter()
     logger.start(stage, total_steps, progress.step)
     for batch in _batches(components, config, accelerator, progress):
@@ -224,11 +237,14 @@ def _run_stage(stage, config, components, accelerator, logger, progress, resume_
             _guard_finite(metrics["loss"], "loss", stage, progress, config, accelerator)
             accelerator.backward(metrics["loss"])
             if accelerator.sync_gradients:
-                # The norm is needed anyway to clip; a non-finite one would poison the weights.
+                # The norm is needed anyway to clip; a non-finite one would poison the weights, except
+                # under fp16 loss scaling, where the scaler skips that step and lowers its scale.
                 metrics["grad_norm"] = accelerator.clip_grad_norm_(
                     prepared_model.parameters(), config.max_grad_norm or math.inf
                 )
-                _guard_finite(metrics["grad_norm"], "gradient norm", stage, progress, config, accelerator)
+                metrics["skipped"] = overflows.check(metrics["grad_norm"], stage, progress)
+                if metrics["skipped"]:  # an inf norm says nothing about the run: leave it out of the mean
+                    del metrics["grad_norm"]
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         if not accelerator.sync_gradients:
@@ -291,22 +307,66 @@ def _global_step(config: RunConfig, progress: _Progress) -> int:
     return progress.step + (config.sft_steps if progress.stage == "preference" else 0)
 
 
+def _all_finite(value: Tensor, accelerator) -> bool:
+    """Whether ``value`` is finite on every process (all must agree to stop, or the others hang)."""
+    finite = torch.isfinite(value.detach()).float()
+    if accelerator.num_processes > 1:
+        finite = accelerator.reduce(finite, reduction="mean")
+    return bool(finite == 1)
+
+
+def _diverged(what: str, stage: str, progress: _Progress, config: RunConfig) -> TrainingDivergedError:
+    last = latest_checkpoint(config.output_dir)
+    kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet (set save_every)"
+    return TrainingDivergedError(
+        f"the {stage} {what} at step {progress.step + 1}; {kept}. Lower the learning rate (now "
+        f"{config.sft_learning_rate if stage == 'sft' else config.learning_rate}), raise beta, "
+        "or check the data; resume with resume=True after changing it."
+    )
+
+
 def _guard_finite(
     value: Tensor, what: str, stage: str, progress: _Progress, config: RunConfig, accelerator
 ) -> None:
     """Stop the run with a clear message when ``value`` is NaN or inf, before it reaches the weights."""
-    finite = torch.isfinite(value.detach()).float()
-    if accelerator.num_processes > 1:  # every process must stop together, or the others hang
-        finite = accelerator.reduce(finite, reduction="mean")
-    if bool(finite == 1):
-        return
-    last = latest_checkpoint(config.output_dir)
-    kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet (set save_every)"
-    raise TrainingDivergedError(
-        f"the {stage} {what} became {value.item()} at step {progress.step + 1}; {kept}. Lower the learning "
-        f"rate (now {config.sft_learning_rate if stage == 'sft' else config.learning_rate}), raise beta, "
-        "or check the data; resume with resume=True after changing it."
-    )
+    if not _all_finite(value, accelerator):
+        raise _diverged(f"{what} became {value.item()}", stage, progress, config)
+
+
+# fp16 loss scaling starts at 2**16 and halves on every overflow: 24 overflows in a row bring the scale
+# below 1, where no gradient of a healthy run overflows; that is divergence, not scaling.
+MAX_CONSECUTIVE_OVERFLOWS = 24
+
+
+class _OverflowGuard:
+    """Tells fp16 overflow (skip the step, as the loss scaler does) from divergence (stop the run).
+
+    Without a loss scaler (fp32, bf16) a non-finite gradient norm stops the run at once. With one
+    (fp16), the scaler skips the step and lowers its scale; that is routine early in a run, so the
+    step is counted as skipped (``skipped`` in the history) and the run stops only after
+    :data:`MAX_CONSECUTIVE_OVERFLOWS` overflows in a row.
+    """
+
+    def __init__(self, config: RunConfig, accelerator) -> None:
+        self.config, self.accelerator, self.in_a_row = config, accelerator, 0
+
+    def check(self, grad_norm: Tensor, stage: str, progress: _Progress) -> Tensor:
+        """1.0 when this step's gradients overflowed and the scaler will skip it, else 0.0."""
+        if _all_finite(grad_norm, self.accelerator):
+            self.in_a_row = 0
+            return torch.tensor(0.0)
+        if self.accelerator.scaler is None:
+            raise _diverged(f"gradient norm became {grad_norm.item()}", stage, progress, self.config)
+        self.in_a_row += 1
+        if self.in_a_row >= MAX_CONSECUTIVE_OVERFLOWS:
+            raise _diverged(
+                f"fp16 gradients overflowed {self.in_a_row} steps in a row (each step skipped, the loss "
+                f"scale now {self.accelerator.scaler.get_scale():.3g})",
+                stage,
+                progress,
+                self.config,
+            )
+        return torch.tensor(1.0)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -316,12 +376,12 @@ def _guard_finite(
 
 def _preference_step(model, batch, config, components, accelerator) -> dict[str, Tensor]:
     """The configured preference loss on the 2B batch, and TRL's metrics of it (detached)."""
-    with accelerator.autocast():
+    with accelerator.autocast():  # the reference too: an fp32 forward on a GPU would cost twice
         policy = concatenated_logps(model, batch)
-    if _reference_free(config.loss):
-        ref_chosen = ref_rejected = None
-    else:
-        ref_chosen, ref_rejected = components.reference.logps(batch)
+        if _reference_free(config.loss):
+            ref_chosen = ref_rejected = None
+        else:
+            ref_chosen, ref_rejected = components.reference.logps(batch)
     params = dict(config.loss_params)
     if "strength" in batch and LOSSES[config.loss].takes_strength:
         params["strength"] = batch["strength"]
@@ -385,7 +445,8 @@ class _Logger:
         self.records: list[dict[str, Any]] = []
         self.rows = 0
         self.sums: dict[str, Tensor] = {}
-        self.count = 0
+        self.counts: dict[str, int] = {}
+        self.steps = 0
         self.bar = None
         if accelerator.is_main_process and fresh:
             path.write_text("", encoding="utf-8")
@@ -417,7 +478,8 @@ class _Logger:
         for key, value in metrics.items():
             value = value.detach().float() if isinstance(value, Tensor) else torch.tensor(float(value))
             self.sums[key] = self.sums.get(key, 0) + value
-        self.count += 1
+            self.counts[key] = self.counts.get(key, 0) + 1
+        self.steps += 1
         if self.bar is not None:
             self.bar.update(1)
         if progress.step % self.config.log_every == 0 or progress.step == self.total:
@@ -425,7 +487,7 @@ class _Logger:
 
     def _flush(self, progress: _Progress, learning_rate: float) -> None:
         names = sorted(self.sums)
-        local = torch.stack([self.sums[n] / self.count for n in names]).to(self.accelerator.device)
+        local = torch.stack([self.sums[n] / self.counts[n] for n in names]).to(self.accelerator.device)
         averaged = self.accelerator.reduce(local, reduction="mean").tolist()
         row = {
             "stage": progress.stage,
@@ -435,7 +497,9 @@ class _Logger:
         }
         row.update(dict(zip(names, averaged)))
         row["num_processes"] = self.accelerator.num_processes
-        self.sums, self.count = {}, 0
+        if "skipped" in row:  # a share of the window's steps: the history keeps the count
+            row["skipped"] = round(row["skipped"] * self.steps)
+        self.sums, self.counts, self.steps = {}, {}, 0
         self.records.append(row)
         self.rows += 1
         if self.accelerator.is_main_process:
@@ -445,6 +509,8 @@ class _Logger:
 
     def _show(self, row: dict[str, Any]) -> None:
         shown = f"loss {row['loss']:.4f}"
+        if row.get("skipped"):
+            shown += f"  ({row['skipped']} fp16 steps skipped: gradients overflowed, loss scale lowered)"
         if "rewards/accuracies" in row:
             shown += f"  acc {row['rewards/accuracies']:.3f}  margin {row['rewards/margins']:.3f}"
         if self.bar is not None:
