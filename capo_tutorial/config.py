@@ -88,8 +88,9 @@ class RunConfig:
         "(cached under $CAPO_CACHE/sft)",
     )
     precision: str = _field(
-        "auto", "auto (bf16 on GPUs of compute capability >= 8, fp16 on older ones, fp32 on a CPU), "
-        "fp32, fp16 or bf16"
+        "auto",
+        "auto (bf16 on GPUs of compute capability >= 8, fp16 on older ones, fp32 on a CPU), "
+        "fp32, fp16 or bf16",
     )
     gradient_checkpointing: bool = _field(
         False, "recompute each layer's activations in the backward pass (less memory, ~30% more compute)"
