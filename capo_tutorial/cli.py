@@ -126,7 +126,7 @@ def _command_train(arguments: argparse.Namespace) -> int:
 
 
 def _command_eval(arguments: argparse.Namespace) -> int:
-    from capo_tutorial.training import evaluate_run
+    from capo_tutorial.evaluation import evaluate_run
 
     evaluation = evaluate_run(Path(arguments.run), split=arguments.split)
     print(evaluation.round(4).to_string())

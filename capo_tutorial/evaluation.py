@@ -3,11 +3,15 @@
 The implicit reward of a response is ``beta * (log pi_theta(y|x) - log pi_ref(y|x))`` (SimPO, a
 reference-free loss, scores with its own length-normalised reward instead). A pair is ranked
 correctly when the chosen response gets the larger reward.
+
+:func:`score_pairs` scores any model and data set; :func:`score_run` a run's evaluation split;
+:func:`evaluate_run` (``capo eval``) a finished run's latest checkpoint, rebuilt from its folder.
 """
 
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 import datasets
 import pandas as pd
@@ -15,11 +19,15 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from capo_tutorial.checkpoint import latest_checkpoint, load_trainable_weights
+from capo_tutorial.components import Components, build_components
+from capo_tutorial.config import RunConfig
 from capo_tutorial.logprobs import concatenated_logps
+from capo_tutorial.losses import LOSSES
 from capo_tutorial.metrics import expected_calibration_error, per_language_summary
-from capo_tutorial.reference import Reference
+from capo_tutorial.reference import Reference, freeze_reference
 
-__all__ = ["evaluation_summary", "score_pairs"]
+__all__ = ["evaluate_run", "evaluation_summary", "score_pairs", "score_run"]
 
 # Per-pair metadata copied into the predictions table when the data set has it.
 METADATA_COLUMNS = ("pair_id", "language", "script", "task", "margin_class", "flipped", "strength")
@@ -129,3 +137,44 @@ def evaluation_summary(predictions: pd.DataFrame) -> pd.DataFrame:
 def _ece(predictions: pd.DataFrame) -> float:
     labels = ~predictions.flipped.astype(bool) if "flipped" in predictions else None
     return expected_calibration_error(predictions.margin, labels)
+
+
+def score_run(config: RunConfig, components: Components, accelerator=None) -> pd.DataFrame:
+    """:func:`score_pairs` on a run's evaluation split, with the run's beta, batch size and reward
+    (reference-free for a loss that trains without a reference)."""
+    return score_pairs(
+        components.model,
+        components.reference,
+        components.eval_dataset,
+        components.collator,
+        beta=config.beta,
+        batch_size=config.eval_batch_size,
+        accelerator=accelerator,
+        reference_free=not LOSSES[config.loss].needs_reference,
+    )
+
+
+def evaluate_run(run_dir: str | Path, *, split: str | None = None) -> pd.DataFrame:
+    """Per-language evaluation of a finished run's latest checkpoint on ``split`` (default: its eval split).
+
+    Rebuilds the run's data and model from ``run_dir/config.json``, loads its reference weights and
+    its latest checkpoint, and scores every pair of the split (``capo eval``).
+    """
+    # The run's Accelerate set-up (precision, processes) is the training loop's, which imports this module.
+    from capo_tutorial.training import _accelerator
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").exists():
+        raise FileNotFoundError(
+            f"{run_dir} holds no config.json: is it the output_dir of a `capo train` run?"
+        )
+    config = RunConfig.load(run_dir / "config.json")
+    config = config.replace(resume=True, output_dir=str(run_dir), eval_split=split or config.eval_split)
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is None:
+        raise FileNotFoundError(f"{run_dir} holds no checkpoint-* folder: the run did not finish a stage")
+    accelerator = _accelerator(config)
+    components = build_components(config)
+    freeze_reference(config, components, accelerator, load=True)
+    load_trainable_weights(components.model, checkpoint / "model.safetensors")
+    return evaluation_summary(score_run(config, components, accelerator))

@@ -34,18 +34,17 @@ from transformers import get_scheduler
 from capo_tutorial.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
-    load_trainable_weights,
     save_checkpoint,
 )
 from capo_tutorial.components import Components, build_components
 from capo_tutorial.config import RunConfig
-from capo_tutorial.evaluation import evaluation_summary, score_pairs
+from capo_tutorial.evaluation import evaluation_summary, score_run
 from capo_tutorial.logprobs import concatenated_logps
 from capo_tutorial.losses import LOSSES, preference_loss
 from capo_tutorial.reference import freeze_reference
 from capo_tutorial.warmup import reference_weights_path, sft_step
 
-__all__ = ["TrainResult", "TrainingDivergedError", "evaluate_run", "train"]
+__all__ = ["TrainResult", "TrainingDivergedError", "train"]
 
 
 class TrainingDivergedError(RuntimeError):
@@ -137,7 +136,7 @@ def train(config: RunConfig, *, components: Components | None = None) -> TrainRe
         "preference", config, components, accelerator, logger, progress, resume_from
     )
     start = time.perf_counter()
-    predictions = _evaluate(config, components, accelerator)
+    predictions = score_run(config, components, accelerator)
     seconds["evaluation"] = time.perf_counter() - start
     evaluation = evaluation_summary(predictions)
     if accelerator.is_main_process:
@@ -145,29 +144,6 @@ def train(config: RunConfig, *, components: Components | None = None) -> TrainRe
         predictions.to_csv(output_dir / "predictions.csv", index=False)
     accelerator.wait_for_everyone()
     return TrainResult(logger.frame(), evaluation, predictions, output_dir, config, seconds, components)
-
-
-def evaluate_run(run_dir: str | Path, *, split: str | None = None) -> pd.DataFrame:
-    """Per-language evaluation of a finished run's latest checkpoint on ``split`` (default: its eval split).
-
-    Rebuilds the run's data and model from ``run_dir/config.json``, loads its reference weights and
-    its latest checkpoint, and scores every pair of the split.
-    """
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.json").exists():
-        raise FileNotFoundError(
-            f"{run_dir} holds no config.json: is it the output_dir of a `capo train` run?"
-        )
-    config = RunConfig.load(run_dir / "config.json")
-    config = config.replace(resume=True, output_dir=str(run_dir), eval_split=split or config.eval_split)
-    checkpoint = latest_checkpoint(run_dir)
-    if checkpoint is None:
-        raise FileNotFoundError(f"{run_dir} holds no checkpoint-* folder: the run did not finish a stage")
-    accelerator = _accelerator(config)
-    components = build_components(config)
-    freeze_reference(config, components, accelerator, load=True)
-    load_trainable_weights(components.model, checkpoint / "model.safetensors")
-    return evaluation_summary(_evaluate(config, components, accelerator))
 
 
 def _accelerator(config: RunConfig) -> Accelerator:
@@ -255,7 +231,7 @@ def _run_stage(stage, config, components, accelerator, logger, progress, resume_
         _maybe_checkpoint(config, progress, total_steps, accelerator, model, optimizer, scheduler, logger)
         periodic = config.eval_every and progress.step % config.eval_every == 0
         if periodic and stage == "preference" and progress.step < total_steps:  # the end has its own
-            logger.log_evaluation(_evaluate(config, components, accelerator), progress)
+            logger.log_evaluation(score_run(config, components, accelerator), progress)
         if progress.step >= total_steps:
             break
     logger.finish()
@@ -417,19 +393,6 @@ def _preference_step(model, batch, config, components, accelerator) -> dict[str,
 def _reference_free(loss: str) -> bool:
     """Whether a registered loss trains without reference log-probs (its spec says: SimPO, SFT, ...)."""
     return not LOSSES[loss].needs_reference
-
-
-def _evaluate(config: RunConfig, components: Components, accelerator: Accelerator) -> pd.DataFrame:
-    return score_pairs(
-        components.model,
-        components.reference,
-        components.eval_dataset,
-        components.collator,
-        beta=config.beta,
-        batch_size=config.eval_batch_size,
-        accelerator=accelerator,
-        reference_free=_reference_free(config.loss),
-    )
 
 
 # --------------------------------------------------------------------------------------------------
