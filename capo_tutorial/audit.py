@@ -353,9 +353,9 @@ def language_table(pairs: pd.DataFrame, *, overall: bool = True) -> pd.DataFrame
 # --------------------------------------------------------------------------------------------------
 
 
-def plot_audit(pairs: pd.DataFrame, languages: pd.DataFrame | None = None):
-    """Confidence per language (box plots, suspect threshold share in the labels); ROC curves per
-    language beside it when the pairs carry ``truth``. Returns the matplotlib Figure."""
+def plot_audit(pairs: pd.DataFrame, languages: pd.DataFrame | None = None, *, threshold: float | None = None):
+    """Confidence per language (box plots, the share flagged in the labels, the flag's threshold as a
+    dotted line); ROC curves per language beside it when the pairs carry ``truth``. Returns the Figure."""
     import matplotlib.pyplot as plt
 
     from capo_tutorial.plots import house_style
@@ -378,6 +378,8 @@ def plot_audit(pairs: pd.DataFrame, languages: pd.DataFrame | None = None):
         ax.set_xlabel("confidence c = sigmoid(d_ref / tau)")
         ax.set_title("confidence per language (share flagged)")
         ax.set_xlim(0, 1)
+        if threshold is not None:
+            ax.axvline(threshold, color="grey", linestyle=":", linewidth=1)
         if with_truth:
             ax = axes[0, 1]
             for name in order:
@@ -654,7 +656,8 @@ def _audit_with(
     )
     languages = language_table(pairs)
     settings.update(truth=truth, rule=_rule_text(threshold, fraction, tau))
-    return AuditResult(pairs, languages, plot_audit(pairs, languages), settings, scorer)
+    figure = plot_audit(pairs, languages, threshold=_check_flag_rule(threshold, fraction)[0])
+    return AuditResult(pairs, languages, figure, settings, scorer)
 
 
 def _score(scorer: _Scorer, dataset: datasets.Dataset, batch_size: int, progress: bool) -> pd.DataFrame:
