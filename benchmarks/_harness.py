@@ -6,16 +6,20 @@ pauses; then, round after round, the parent releases one child at a time for a b
 the others wait. The child side is :class:`StepClock` (a hook on every optimizer step: time stamps,
 memory high-water marks, the pause at block boundaries); the parent side is :func:`start_process`,
 :class:`Child` and :func:`run_rounds`. The statistics turn the stamps into per-block rates
-(:func:`block_rates`) and speed ratios between configurations (:func:`paired_step_ratio`,
-:func:`round_ratios`, :func:`median_spread`).
+(:func:`block_rates`, :func:`summarise_rates`) and speed ratios between configurations
+(:func:`paired_step_ratio`, :func:`round_ratios`, :func:`median_spread`); :func:`run_environment`
+records what a report needs to be reproduced.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import platform
+import shlex
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -268,4 +272,78 @@ def paired_step_ratio(
         median=float(np.median(np.concatenate(per_round))),
         ci90=[float(np.quantile(resampled, 0.05)), float(np.quantile(resampled, 0.95))],
         n_steps=int(sum(len(r) for r in per_round)),
+    )
+
+
+def window_means(step_losses: list[float], every: int) -> list[list[float]]:
+    """[step, mean loss over the ``every`` steps ending there], as both trainers log them."""
+    out = [
+        [end, sum(step_losses[end - every : end]) / every]
+        for end in range(every, len(step_losses) + 1, every)
+    ]
+    if len(step_losses) % every:
+        start = len(step_losses) // every * every
+        out.append([len(step_losses), sum(step_losses[start:]) / (len(step_losses) - start)])
+    return out
+
+
+RATES = ("steps_per_s", "tokens_per_s", "steps_per_cpu_s", "cpu_share", "median_step_ms")
+
+
+def summarise_rates(results: dict[str, dict], timings: dict[str, list[dict]]) -> dict:
+    """Per configuration: median and spread of each rate over its blocks, overall steps/s, memory."""
+    summary = {}
+    for name, result in results.items():
+        row: dict[str, Any] = {}
+        if name in timings:
+            row.update({key: median_spread([b[key] for b in timings[name]]) for key in RATES})
+            steps = sum(b["steps_per_s"] * b["seconds"] for b in timings[name])
+            row["overall_steps_per_s"] = steps / sum(b["seconds"] for b in timings[name])
+            row["rss_high_water_at_last_step_mib"] = result["rss_high_water_mib"].get("after_last_step")
+            row["seconds_to_first_step"] = result.get("seconds_to_first_step")
+        row["peak_rss_mib"] = result["peak_rss_mib"]
+        summary[name] = row
+    return summary
+
+
+# --------------------------------------------------------------------------------------------------
+# What a report records about the run
+# --------------------------------------------------------------------------------------------------
+
+
+def run_environment(
+    *, repository: Path, watched: Sequence[str], packages: Sequence[str], threads: int
+) -> dict:
+    """The command, git commit (and uncommitted paths under ``watched``), versions of ``packages``,
+    threads per child and the machine (platform, CPU model, logical CPUs, load average)."""
+    from importlib import metadata
+
+    def git(*command: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", *command], cwd=repository, capture_output=True, text=True, check=True
+            ).stdout.rstrip("\n")
+        except (OSError, subprocess.CalledProcessError):
+            return "unknown"
+
+    cpu = "unknown"
+    if Path("/proc/cpuinfo").exists():
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    versions = {"python": platform.python_version(), **{name: metadata.version(name) for name in packages}}
+    dirty = git("status", "--porcelain", "--", *watched).splitlines()
+    return dict(
+        command=shlex.join(["python", *sys.argv]),
+        git_commit=git("rev-parse", "HEAD"),
+        git_uncommitted_paths=[line[3:] for line in dirty],
+        versions=versions,
+        threads_per_child=threads,
+        machine=dict(
+            platform=platform.platform(),
+            cpu=cpu,
+            logical_cpus=os.cpu_count(),
+            load_average_at_start=list(os.getloadavg()),
+        ),
     )

@@ -65,10 +65,7 @@ import argparse  # noqa: E402
 import functools  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
-import platform  # noqa: E402
-import shlex  # noqa: E402
 import statistics  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -79,11 +76,13 @@ from _harness import (  # noqa: E402  (beside this script, which runs as a file)
     Child,
     StepClock,
     block_rates,
-    median_spread,
     paired_step_ratio,
     round_ratios,
+    run_environment,
     run_rounds,
     start_process,
+    summarise_rates,
+    window_means,
 )
 
 from capo_tutorial._io import write_text_atomic  # noqa: E402
@@ -526,18 +525,6 @@ def run_to_end(name: str, args, workdir: Path, logs: Path, **overrides) -> dict:
     return start_child(name, args, workdir, logs, controlled=False, **overrides).finish()
 
 
-def window_means(step_losses: list[float], every: int) -> list[list[float]]:
-    """[step, mean loss over the ``every`` steps ending there], as both trainers log them."""
-    out = [
-        [end, sum(step_losses[end - every : end]) / every]
-        for end in range(every, len(step_losses) + 1, every)
-    ]
-    if len(step_losses) % every:
-        start = len(step_losses) // every * every
-        out.append([len(step_losses), sum(step_losses[start:]) / (len(step_losses) - start)])
-    return out
-
-
 def logged_losses(result: dict) -> list[list[float]]:
     """The losses a run logged every 10 steps ([step, loss]); the hand-written loop's are averaged here."""
     if "logged_losses" in result:
@@ -671,70 +658,23 @@ def _trl_available() -> bool:
 
 
 def environment(args: argparse.Namespace) -> dict:
-    import accelerate
-    import datasets
-    import peft
+    """Command, commit, library versions, threads and machine of this run."""
     import torch
-    import transformers
 
-    def git(*command: str) -> str:
-        try:
-            return subprocess.run(
-                ["git", *command], cwd=HERE.parent, capture_output=True, text=True, check=True
-            ).stdout.rstrip("\n")
-        except (OSError, subprocess.CalledProcessError):
-            return "unknown"
-
-    cpu = "unknown"
-    if Path("/proc/cpuinfo").exists():
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    versions = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "accelerate": accelerate.__version__,
-        "datasets": datasets.__version__,
-        "peft": peft.__version__,
-    }
-    if _trl_available():
-        import trl
-
-        versions["trl"] = trl.__version__
-    dirty = git("status", "--porcelain", "--", "capo_tutorial", "benchmarks").splitlines()
-    return dict(
-        command=shlex.join(["python", *sys.argv]),
-        git_commit=git("rev-parse", "HEAD"),
-        git_uncommitted_paths=[line[3:] for line in dirty],
-        versions=versions,
-        threads_per_child=args.threads or torch.get_num_threads(),
-        machine=dict(
-            platform=platform.platform(),
-            cpu=cpu,
-            logical_cpus=os.cpu_count(),
-            load_average_at_start=list(os.getloadavg()),
-        ),
+    packages = [
+        "torch",
+        "transformers",
+        "accelerate",
+        "datasets",
+        "peft",
+        *(["trl"] if _trl_available() else []),
+    ]
+    return run_environment(
+        repository=HERE.parent,
+        watched=["capo_tutorial", "benchmarks"],
+        packages=packages,
+        threads=args.threads or torch.get_num_threads(),
     )
-
-
-RATES = ("steps_per_s", "tokens_per_s", "steps_per_cpu_s", "cpu_share", "median_step_ms")
-
-
-def summarise(results: dict[str, dict], timings: dict[str, list[dict]]) -> dict:
-    summary = {}
-    for name, result in results.items():
-        row: dict[str, Any] = {}
-        if name in timings:
-            row.update({key: median_spread([b[key] for b in timings[name]]) for key in RATES})
-            steps = sum(b["steps_per_s"] * b["seconds"] for b in timings[name])
-            row["overall_steps_per_s"] = steps / sum(b["seconds"] for b in timings[name])
-            row["rss_high_water_at_last_step_mib"] = result["rss_high_water_mib"].get("after_last_step")
-            row["seconds_to_first_step"] = result.get("seconds_to_first_step")
-        row["peak_rss_mib"] = result["peak_rss_mib"]
-        summary[name] = row
-    return summary
 
 
 def targets(results: dict, timings: dict, prep: dict) -> list[dict]:
@@ -935,7 +875,7 @@ def build_report(args: argparse.Namespace, meta: dict, measured: dict[str, Any])
             for name, a, b in CONTEXT_RATIOS
             if a in timings and b in timings
         },
-        summary=summarise(results, timings),
+        summary=summarise_rates(results, timings),
         targets=targets(results, timings, prep),
         blocks=timings,
         children={
