@@ -28,20 +28,34 @@ lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check capo_tutorial tests benchmarks experiments
 
-# The README's test command: unit tests, then every notebook through nbmake (two at a time).
-# Two workers at a time on 2 cores: one BLAS thread each, or they fight over the cores.
+# Tests never write the user's caches: every recipe below that runs tests makes one temporary folder,
+# CAPO_TEST_CACHES, removed when it ends; tests/conftest.py points CAPO_CACHE, HF_HOME, HF_HUB_CACHE
+# and HF_DATASETS_CACHE into it (the notebooks' kernels inherit them), so the unit tests and the
+# notebooks share one SFT warm-up per run and nothing depends on what an earlier run left behind.
+TEST_CACHES = export CAPO_TEST_CACHES="$$(mktemp -d -t capo-tests-XXXXXX)" && trap 'rm -rf "$$CAPO_TEST_CACHES"' EXIT
+# Two pytest-xdist workers on 2 cores, one BLAS thread each (or they fight over the cores);
+# --dist loadgroup keeps each xdist_group (a module's shared fixture, one SFT warm-up) on one worker.
+PYTEST = OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadgroup
+
+# The README's test command: ruff, then the unit tests and every notebook (nbmake) in one pytest run,
+# then the TRL matrix's tests. The matrix's environments are built meanwhile (the first time only).
 test: venv lint
-	OMP_NUM_THREADS=1 $(PY) -m pytest tests -n 2 --dist loadgroup
-	OMP_NUM_THREADS=1 $(PY) -m pytest --nbmake -n 2 book
-	$(MAKE) test-trl-matrix
+	@$(TEST_CACHES); \
+	PYTHON=$(PYTHON) TORCH_SPEC="$(TORCH_SPEC)" .ci/trl_matrix.sh --create-only > "$$CAPO_TEST_CACHES/trl-matrix-build.log" 2>&1 & \
+	building=$$!; \
+	$(PYTEST) tests book --nbmake; status=$$?; \
+	if ! wait $$building; then cat "$$CAPO_TEST_CACHES/trl-matrix-build.log"; exit 1; fi; \
+	if [ $$status -ne 0 ]; then exit $$status; fi; \
+	PYTHON=$(PYTHON) TORCH_SPEC="$(TORCH_SPEC)" .ci/trl_matrix.sh
 
 # TRL compatibility matrix (.ci/trl_matrix.sh): trl 0.29.1 (the oldest CAPOTrainer supports) and trl 0.24.0
 # (cDPO parity; transformers < 5), each in its own .venv-trl-VERSION; the newest TRL runs in .venv above.
 test-trl-matrix:
-	PYTHON=$(PYTHON) TORCH_SPEC="$(TORCH_SPEC)" .ci/trl_matrix.sh
+	@$(TEST_CACHES); PYTHON=$(PYTHON) TORCH_SPEC="$(TORCH_SPEC)" .ci/trl_matrix.sh
 
+# The edit loop: unit tests not marked slow (no notebooks, no end-to-end runs), a minute or two.
 test-fast: venv
-	$(PY) -m pytest tests -n 2 -m "not slow"
+	@$(TEST_CACHES); $(PYTEST) tests -m "not slow"
 
 # The main job: build the book to _build/html, executing every notebook (warnings are errors).
 PKG_SOURCES := $(shell find capo_tutorial -name '*.py') pyproject.toml
