@@ -88,6 +88,16 @@ class _Progress:
         )
 
 
+@dataclass
+class _Run:
+    """What both stages of one run share: its settings, model and data, Accelerate, and history."""
+
+    config: RunConfig
+    components: Components
+    accelerator: Accelerator
+    logger: _Logger
+
+
 def train(config: RunConfig, *, components: Components | None = None) -> TrainResult:
     """Run the configured training and evaluation; see the module docstring for the stages.
 
@@ -116,6 +126,7 @@ def train(config: RunConfig, *, components: Components | None = None) -> TrainRe
     if resume_from is not None:
         progress = _Progress(**json.loads((resume_from / "state.json").read_text())["progress"])
         logger.truncate(progress)
+    run = _Run(config, components, accelerator, logger)
     seconds: dict[str, float] = {}
     warmed_up = progress.stage == "preference" or (
         config.sft_cache and reference_weights_path(config, components).exists()
@@ -124,7 +135,7 @@ def train(config: RunConfig, *, components: Components | None = None) -> TrainRe
         accelerator.print(f"reusing the SFT warm-up cached in {reference_weights_path(config, components)}")
         progress, resume_from = _Progress(stage="preference"), None
     if progress.stage == "sft":
-        seconds["sft"] = _run_stage("sft", config, components, accelerator, logger, progress, resume_from)
+        seconds["sft"] = _run_stage(run, "sft", progress, resume_from)
         progress, resume_from = _Progress(stage="preference"), None
     freeze_reference(config, components, accelerator, load=warmed_up)
     if config.drop_suspect_pairs:  # "audit, drop, then train": the audit's flag on the training pairs
@@ -132,9 +143,7 @@ def train(config: RunConfig, *, components: Components | None = None) -> TrainRe
 
         dropped = drop_suspect_pairs(components, config.drop_suspect_pairs, batch_size=config.eval_batch_size)
         accelerator.print(f"dropped {dropped} suspect training pairs ({config.drop_suspect_pairs})")
-    seconds["preference"] = _run_stage(
-        "preference", config, components, accelerator, logger, progress, resume_from
-    )
+    seconds["preference"] = _run_stage(run, "preference", progress, resume_from)
     start = time.perf_counter()
     predictions = score_run(config, components, accelerator)
     seconds["evaluation"] = time.perf_counter() - start
@@ -182,23 +191,15 @@ def _mixed_precision(precision: str) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
-def _run_stage(stage, config, components, accelerator, logger, progress, resume_from) -> float:
-    """Train one stage to its step count; returns its wall-clock seconds."""
+def _run_stage(run: _Run, stage: str, progress: _Progress, resume_from: Path | None) -> float:
+    """Train one stage ("sft" or "preference") to its step count, from ``progress`` (and the checkpoint
+    ``resume_from``, if any); returns its wall-clock seconds."""
+    config, components, accelerator, logger = run.config, run.components, run.accelerator, run.logger
     total_steps = config.sft_steps if stage == "sft" else config.max_steps
     if total_steps == 0:
         return 0.0
     model = components.model
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad],
-        lr=config.sft_learning_rate if stage == "sft" else config.learning_rate,
-        weight_decay=config.weight_decay,
-    )
-    scheduler = get_scheduler(
-        config.lr_scheduler if config.lr_scheduler != "constant" else "constant_with_warmup",
-        optimizer,
-        num_warmup_steps=math.ceil(config.warmup_ratio * total_steps),
-        num_training_steps=total_steps,
-    )
+    optimizer, scheduler = _optimizer_and_schedule(config, model, stage, total_steps)
     if resume_from is not None:
         load_checkpoint(resume_from, model=model, optimizer=optimizer, scheduler=scheduler)
         accelerator.print(f"resumed {stage} from {resume_from} at step {progress.step}")
@@ -228,7 +229,7 @@ def _run_stage(stage, config, components, accelerator, logger, progress, resume_
         scheduler.step()
         progress.step += 1
         logger.record(metrics, progress, scheduler.get_last_lr()[0])
-        _maybe_checkpoint(config, progress, total_steps, accelerator, model, optimizer, scheduler, logger)
+        _maybe_checkpoint(run, progress, total_steps, optimizer, scheduler)
         periodic = config.eval_every and progress.step % config.eval_every == 0
         if periodic and stage == "preference" and progress.step < total_steps:  # the end has its own
             logger.log_evaluation(score_run(config, components, accelerator), progress)
@@ -238,6 +239,22 @@ def _run_stage(stage, config, components, accelerator, logger, progress, resume_
     components.model = accelerator.unwrap_model(prepared_model)
     accelerator.free_memory()
     return time.perf_counter() - start
+
+
+def _optimizer_and_schedule(config: RunConfig, model, stage: str, total_steps: int):
+    """AdamW on the trainable parameters, with the stage's learning rate, warm-up and schedule."""
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad],
+        lr=config.sft_learning_rate if stage == "sft" else config.learning_rate,
+        weight_decay=config.weight_decay,
+    )
+    scheduler = get_scheduler(
+        config.lr_scheduler if config.lr_scheduler != "constant" else "constant_with_warmup",
+        optimizer,
+        num_warmup_steps=math.ceil(config.warmup_ratio * total_steps),
+        num_training_steps=total_steps,
+    )
+    return optimizer, scheduler
 
 
 def _batches(components: Components, config: RunConfig, accelerator: Accelerator, progress: _Progress):
@@ -258,9 +275,9 @@ def _batches(components: Components, config: RunConfig, accelerator: Accelerator
         progress.batches_in_epoch = 0
 
 
-def _maybe_checkpoint(
-    config, progress, total_steps, accelerator, model, optimizer, scheduler, logger
-) -> None:
+def _maybe_checkpoint(run: _Run, progress: _Progress, total_steps: int, optimizer, scheduler) -> None:
+    """Save a checkpoint every ``save_every`` steps and at the stage's last step (main process only)."""
+    config, accelerator = run.config, run.accelerator
     due = (config.save_every and progress.step % config.save_every == 0) or progress.step == total_steps
     if not due:
         return
@@ -269,10 +286,10 @@ def _maybe_checkpoint(
         save_checkpoint(
             config.output_dir,
             step=_global_step(config, progress),
-            model=accelerator.unwrap_model(model),
+            model=accelerator.unwrap_model(run.components.model),
             optimizer=optimizer,
             scheduler=scheduler,
-            state={"progress": progress.to_dict(), "history_rows": logger.rows},
+            state={"progress": progress.to_dict(), "history_rows": run.logger.rows},
             keep=config.keep_checkpoints,
         )
     accelerator.wait_for_everyone()
