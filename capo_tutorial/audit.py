@@ -211,15 +211,15 @@ def reference_logps(
     return pd.DataFrame(unsorted, columns=columns)
 
 
+TOKEN_COLUMNS = ("chosen_input_ids", "rejected_input_ids")
+
+
 def _lengths(dataset: datasets.Dataset) -> tuple[np.ndarray, np.ndarray]:
     """Completion token counts (chosen, rejected), (N,) each: what the collator's completion mask counts."""
     import pyarrow.compute as pc
 
     table = dataset.with_format("arrow")[:]
     return tuple(pc.list_value_length(table[c]).to_numpy().astype(np.float64) for c in TOKEN_COLUMNS)
-
-
-TOKEN_COLUMNS = ("chosen_input_ids", "rejected_input_ids")
 
 
 def _scores_of(dataset: datasets.Dataset) -> pd.DataFrame:

@@ -18,10 +18,12 @@ from capo_tutorial.audit import (
     confidence_of,
     flag_suspects,
     rank_within_language,
+    reference_logps,
     roc_curve,
 )
 from capo_tutorial.cli import main
 from capo_tutorial.config import profile_config
+from capo_tutorial.data import PreferenceCollator
 from capo_tutorial.experiments import METHODS
 from capo_tutorial.losses import CAPO_DEFAULTS, capo_loss
 
@@ -199,7 +201,7 @@ def test_bad_rows_stop_with_row_and_field_or_are_skipped(tmp_path, capsys):
 def test_any_data_with_a_local_model_folder(tmp_path):
     """`capo audit --data FILE --model FOLDER`: a model saved with save_pretrained, a column map, a
     truth column; the reference log-probs are the model's own (checked against logprobs directly)."""
-    from capo_tutorial.data import PreferenceCollator, load_preferences, tokenize_preferences
+    from capo_tutorial.data import load_preferences, tokenize_preferences
     from capo_tutorial.logprobs import concatenated_logps
     from capo_tutorial.models import tiny_model_and_tokenizer
 
@@ -272,6 +274,12 @@ def test_filter_dpo_trains_on_exactly_the_pairs_the_audit_keeps(tmp_path):
     )  # fmt: skip
     result = train(config)
     kept = result.components.train_dataset["pair_id"][:]
+    # the cached, precomputed reference columns are what scoring the pairs afresh gives
+    scorer = audit.scorer
+    collator = PreferenceCollator(scorer.tokenizer, padding_side="left")
+    fresh = reference_logps(scorer.model, scorer.components.train_dataset, collator, progress=False)
+    columns = ["ref_chosen_logps", "ref_rejected_logps", "chosen_length", "rejected_length"]
+    assert fresh[columns].to_numpy() == pytest.approx(audit.pairs[columns].to_numpy(), abs=1e-4)
     assert 0 < audit.pairs.suspect.sum() < len(audit.pairs)
     assert kept == audit.pairs.pair_id[~audit.pairs.suspect].tolist()
     assert max(i for batch in result.components.train_sampler for i in batch) == len(kept) - 1
