@@ -40,3 +40,24 @@ def pytest_unconfigure(config) -> None:
     """The process that made the folder removes it (an xdist worker has ``workerinput``)."""
     if _MADE_HERE and not hasattr(config, "workerinput"):
         shutil.rmtree(CACHE_ROOT, ignore_errors=True)
+
+
+# One SFT warm-up (the smoke profile's, seed 0, noise 0.2) serves the committed-slice recompute and the
+# chapters that train; the tests marked with this group run first, on one worker, and put it in the
+# run's CAPO_CACHE while the other worker starts on the notebooks that train nothing.
+SMOKE_WARM_UP = "smoke-warm-up"
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Longest first, so that two xdist workers finish together: the warm-up group, the notebooks
+    (when nbmake collects them in the same run), the tests marked slow, then the rest (order kept)."""
+
+    def rank(item) -> int:
+        group = item.get_closest_marker("xdist_group")
+        if group is not None and group.args == (SMOKE_WARM_UP,):
+            return 0
+        if item.path.suffix == ".ipynb":
+            return 1
+        return 2 if item.get_closest_marker("slow") else 3
+
+    items.sort(key=rank)

@@ -14,9 +14,9 @@ from capo_tutorial.losses import LOSSES
 RESULTS = Path(__file__).resolve().parent.parent / "experiments" / "results"
 GRIDS = sorted(p.parent.name for p in RESULTS.glob("*/results.csv"))
 
-# A rerun on another machine may differ in the last float bits (BLAS kernels), which can flip the
-# ranking of a few near-tied pairs: on 400 test pairs, 0.02 is 8 pairs.
-ACCURACY_TOLERANCE = 0.02
+# A rerun may differ in the last float bits (another CPU's BLAS kernels, another thread count), and
+# 1500 SFT and 300 preference steps carry that into a few of 400 test pairs' rankings: TOLERANCE_TBD
+RECOMPUTE_TOLERANCE = {"accuracy": 0.02, "reference_accuracy": 0.02}
 
 
 @pytest.mark.parametrize("grid", GRIDS)
@@ -84,15 +84,18 @@ def test_run_grid_writes_rows_manifest_and_resumes(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("smoke-warm-up")  # one worker, first (tests/conftest.py): one warm-up for both
 @pytest.mark.skipif("scale1" not in GRIDS, reason="the scale-1 grid has not been committed yet")
 @pytest.mark.parametrize("method", ["dpo", "capo"])
 def test_a_committed_scale1_slice_recomputes(tmp_path, method):
+    """The committed scale-1 cell (seed 0, 20% flipped), trained again now: the guard that a refactor
+    left the numerics alone. See RECOMPUTE_TOLERANCE for what a rerun may move, and why."""
     committed = pd.read_csv(RESULTS / "scale1" / "results.csv")
     row = select(committed, method=method, seed=0, noise=0.2).iloc[0]
     rows, _ = run_one(
         METHODS[method], profile="smoke", seed=0, noise=0.2, output_dir=tmp_path, progress="none"
     )
     now = select(rows).iloc[0]
-    assert now.accuracy == pytest.approx(row.accuracy, abs=ACCURACY_TOLERANCE)
-    assert now.reference_accuracy == pytest.approx(row.reference_accuracy, abs=ACCURACY_TOLERANCE)
     assert now.n == row.n
+    for column, tolerance in RECOMPUTE_TOLERANCE.items():
+        assert now[column] == pytest.approx(row[column], abs=tolerance), (column, now[column], row[column])
