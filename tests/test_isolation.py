@@ -16,4 +16,3 @@ def test_every_cache_is_inside_the_runs_temporary_folder():
     assert cache_root().is_relative_to(RUN_CACHES)
     assert Path(huggingface_hub.constants.HF_HUB_CACHE).is_relative_to(RUN_CACHES)
     assert Path(datasets.config.HF_DATASETS_CACHE).is_relative_to(RUN_CACHES)
-
