@@ -3,13 +3,16 @@
 Modules, in the order data flows through them:
 
 - ``data``: preference records, validation, loaders, tokenization, collation
-- ``testbed``: an offline multilingual preference set with ground-truth labels
-- ``models``: the tiny smoke model, pretrained loading, LoRA
-- ``reference``: the reference model's log-probs (frozen copy, disabled adapter, or precomputed)
+- ``testbed``: an offline multilingual preference set with ground-truth labels (a package:
+  languages, tasks, generate, card)
+- ``models``: the tiny smoke model, pretrained loading, LoRA; ``gguf``: GGUF files converted once
+- ``components``: a run's data, model and batching, built from its ``RunConfig``
+- ``warmup``: the SFT warm-up's step and the cache of its result
+- ``reference``: the reference model (frozen copy, disabled adapter, or precomputed log-probs)
 - ``logprobs``: summed completion log-probs from one forward pass
 - ``losses``: DPO, CAPO and baselines as pure functions of log-prob tensors, and their registry
-- ``training``: the training loop (Accelerate), checkpoints, history
-- ``evaluation``: implicit rewards of every evaluation pair
+- ``training``: the training loop (Accelerate), divergence guards, history; ``checkpoint``: resume
+- ``evaluation``: implicit rewards of every evaluation pair; a finished run's evaluation
 - ``metrics``: reward accuracy, margins, per-language tables, calibration
 - ``experiments`` / ``analysis``: grids of runs and their tidy results, and reading them
 - ``plots``: the figures the book shows
