@@ -93,7 +93,8 @@ class RunConfig:
         "fp32, fp16 or bf16",
     )
     gradient_checkpointing: bool = _field(
-        False, "recompute each layer's activations in the backward pass: less memory, about a third more compute"
+        False,
+        "recompute each layer's activations in the backward pass: less memory, about a third more compute",
     )
     # LoRA and the reference model
     lora_r: int = _field(0, "LoRA rank (0: train every weight)")

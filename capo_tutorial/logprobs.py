@@ -128,7 +128,9 @@ def _head_switched_off(model: nn.Module) -> Iterator[_Head | None]:
 
 
 def _chunk_logps(head: _Head, hidden: Tensor, targets: Tensor) -> Tensor:
-    return token_logps(head.logits(hidden), targets, rows_per_chunk=hidden.shape[0])
+    """Log-probs of ``targets`` (N, L) from hidden states (N, L + 1, H): the last position predicts
+    nothing. The head runs on all L + 1 positions, as the model's own forward would."""
+    return token_logps(head.logits(hidden)[:, :-1], targets)
 
 
 def head_token_logps(head: _Head, hidden: Tensor, targets: Tensor) -> Tensor:
@@ -136,7 +138,7 @@ def head_token_logps(head: _Head, hidden: Tensor, targets: Tensor) -> Tensor:
 
     Args:
         head: the model's LM head.
-        hidden: (N, L, H) final hidden states at the positions that predict ``targets``.
+        hidden: (N, L + 1, H) final hidden states; position t predicts ``targets[:, t]``.
         targets: (N, L) token ids.
 
     Returns:
@@ -191,8 +193,11 @@ def sequence_logps(
     targets = input_ids[:, first_target + 1 :]
     mask = target_mask[:, first_target:]
     with _head_switched_off(model) as head:
-        outputs = model(**kwargs, use_cache=False).logits[:, -keep:-1]
-    per_token = token_logps(outputs, targets) if head is None else head_token_logps(head, outputs, targets)
+        outputs = model(**kwargs, use_cache=False).logits[:, -keep:]
+    if head is None:  # the model exposes no head: its outputs are logits
+        per_token = token_logps(outputs[:, :-1], targets)
+    else:
+        per_token = head_token_logps(head, outputs, targets)
     per_token = per_token * mask
     return per_token.sum(dim=1), mask.sum(dim=1).float()
 

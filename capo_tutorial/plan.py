@@ -14,8 +14,10 @@ layers, hidden size H, MLP size I and P parameters (P_layer per layer), under fp
     activations       L (R T A + 2 P_layer)               without checkpointing
                       L R T 4 H + (R T A + 2 P_layer)     with it: one float32 hidden state per
                                                           layer, plus the layer being recomputed
-    LM head           12 x min(R T V, LOGITS_CHUNK_ELEMENTS)   one chunk of logits (half, float32
-                                                               copy, gradient), see logprobs.py
+    LM head           12 min(R T V, C) + 2 V H    one chunk of C logits at most (half, float32 copy,
+                                                  their gradients) and the head's half weight copy;
+                                                  one chunk's float32 logits stay saved when a
+                                                  micro-batch fits one chunk (see logprobs.py)
     CUDA context      0.6 GiB           context, allocator blocks, fragmentation
 
 A = 25.2 H + 8.2 I bytes per token and layer are the tensors autograd keeps for one Qwen2/Llama
@@ -248,28 +250,53 @@ class Plan:
 def _training_memory(shape: ModelShape, config: RunConfig, pairs: int, checkpointing: bool) -> dict:
     rows_tokens = 2 * pairs * config.max_length
     trainable = shape.lora_parameters(config.lora_r) if config.lora_r else shape.parameters
-    per_layer = rows_tokens * shape.activation_bytes_per_token() + 2 * shape.layer_parameters
-    if checkpointing:
-        activations = shape.layers * rows_tokens * 4 * shape.hidden + per_layer
-    else:
-        activations = shape.layers * per_layer
     return {
         "weights": 4 * shape.parameters / GIB,
         "trainable state": 16 * trainable / GIB,
-        "activations": activations / GIB,
-        "LM head": _logits_bytes(shape, rows_tokens) / GIB,
+        "activations": sum(activation_bytes(shape, rows_tokens, checkpointing)) / GIB,
+        "LM head": _head_bytes(shape, rows_tokens) / GIB,
         "CUDA context": CUDA_CONTEXT_GIB,
     }
 
 
-def _logits_bytes(shape: ModelShape, tokens: int) -> float:
-    return 12 * min(tokens * shape.vocab, LOGITS_CHUNK_ELEMENTS)
+def activation_bytes(shape: ModelShape, tokens: int, checkpointing: bool) -> tuple[float, float]:
+    """(saved, transient) activation bytes of a forward and backward pass over ``tokens`` positions.
+
+    Saved: what autograd keeps from the forward pass for the backward pass. Transient: with
+    checkpointing, the one layer whose activations are recomputed at a time in the backward pass.
+    """
+    per_layer = tokens * shape.activation_bytes_per_token() + 2 * shape.layer_parameters
+    if checkpointing:
+        return shape.layers * tokens * 4 * shape.hidden, per_layer
+    return shape.layers * per_layer, 0.0
+
+
+def head_saved_bytes(shape: ModelShape, tokens: int) -> float:
+    """What the LM head leaves saved for the backward pass, for ``tokens`` positions.
+
+    In one chunk (see ``logprobs``): the float32 logits and the head's half-precision weight copy.
+    In several chunks, nothing but the hidden states (counted with the activations): each chunk is
+    recomputed in the backward pass.
+    """
+    elements = tokens * shape.vocab
+    if elements > LOGITS_CHUNK_ELEMENTS:
+        return 0.0
+    return 4 * elements + 2 * shape.vocab * shape.hidden
+
+
+def _head_bytes(shape: ModelShape, tokens: int) -> float:
+    """The LM head's peak: what it saves, plus one chunk's half logits, float32 copy and their
+    gradients (12 bytes a logit) and the weight copy while a chunk is recomputed."""
+    chunk = min(tokens * shape.vocab, LOGITS_CHUNK_ELEMENTS)
+    return max(head_saved_bytes(shape, tokens), 2 * shape.vocab * shape.hidden) + 12 * chunk
 
 
 def _evaluation_memory(shape: ModelShape, config: RunConfig, pairs: int) -> float:
     tokens = 2 * pairs * config.max_length
     layer = tokens * shape.activation_bytes_per_token() + 2 * shape.layer_parameters
-    return (4 * shape.parameters + layer + _logits_bytes(shape, tokens)) / GIB + CUDA_CONTEXT_GIB
+    chunk = min(tokens * shape.vocab, LOGITS_CHUNK_ELEMENTS)
+    head = 6 * chunk + 2 * shape.vocab * shape.hidden  # half logits and their float32 copy
+    return (4 * shape.parameters + layer + head) / GIB + CUDA_CONTEXT_GIB
 
 
 def _flops_per_token(shape: ModelShape, length: float) -> float:
