@@ -13,7 +13,7 @@ from capo_tutorial.config import PROFILES, RunConfig, profile_config, select_pro
 
 def run_capo(*arguments: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "capo_tutorial.cli", *arguments], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "capo_tutorial.cli", *arguments], capture_output=True, text=True
     )
 
 

@@ -12,7 +12,14 @@ from capo_tutorial.experiments import METHODS, RESULT_COLUMNS, run_grid, run_one
 from capo_tutorial.losses import LOSSES
 
 RESULTS = Path(__file__).resolve().parent.parent / "experiments" / "results"
-GRIDS = sorted(p.parent.name for p in RESULTS.glob("*/results.csv"))
+
+
+def _written_by_run_grid(folder: Path) -> bool:
+    """A grid of experiments/run_grid.py (the audit's grid, experiments/run_audit.py, has its own schema)."""
+    return "run_grid.py" in json.loads((folder / "manifest.json").read_text())["command"]
+
+
+GRIDS = sorted(p.parent.name for p in RESULTS.glob("*/results.csv") if _written_by_run_grid(p.parent))
 
 # A rerun may differ in the last float bits (another CPU's BLAS kernels, another thread count), and
 # 1500 SFT and 300 preference steps carry that into a few of 400 test pairs' rankings: TOLERANCE_TBD
