@@ -10,6 +10,7 @@ same folder; then it, not pytest, removes it.
 """
 
 import os
+import resource
 import shutil
 import tempfile
 from pathlib import Path
@@ -34,6 +35,34 @@ CACHES = {
 }
 for variable, folder in CACHES.items():
     os.environ[variable] = str(folder)
+
+
+# CPU seconds, beside the wall-clock durations: on a shared machine they say what a run costs.
+if "PYTEST_XDIST_WORKER" not in os.environ:  # the run's first process; xdist's workers inherit it
+    os.environ["CAPO_TEST_RUN_ID"] = str(os.getpid())
+CPU_TIMES = CACHE_ROOT / f"cpu-seconds-{os.environ['CAPO_TEST_RUN_ID']}"
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process and of every process it started and waited for."""
+    usages = (resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return sum(usage.ru_utime + usage.ru_stime for usage in usages)
+
+
+def pytest_sessionfinish(session) -> None:
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker:
+        CPU_TIMES.mkdir(parents=True, exist_ok=True)
+        (CPU_TIMES / worker).write_text(str(_cpu_seconds()))
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    workers = sorted(CPU_TIMES.glob("*")) if CPU_TIMES.is_dir() else []
+    total = _cpu_seconds() + sum(float(path.read_text()) for path in workers)
+    terminalreporter.write_line(
+        f"CPU time of this run: {total:.0f} s (tests, notebook kernels and the processes they started, "
+        f"{max(len(workers), 1)} worker(s))"
+    )
 
 
 def pytest_unconfigure(config) -> None:
