@@ -196,6 +196,8 @@ def test_capo_trainer_matches_trl_dpo_trainer(tiny, trl_runs, tmp_path, referenc
                 f"step {step}, {key}: CAPOTrainer {ours[key]!r} vs DPOTrainer {theirs[key]!r}"
             )
     assert all(entry["weights/mean"] == entry["weights/min"] == entry["weights/max"] == 1.0 for entry in log)
+    # Measured (seeds 0-2, 1 and 2 threads): 1.06e-3 to 1.61e-3 with a LoRA adapter, 0.022 to 0.063 without;
+    # 1 and 2 threads differ by 5e-8. 1e-4 is 10 times below the smallest.
     assert abs(log[-1]["rewards/margins"]) > 1e-4, "the policy should have moved away from the reference"
     trl_parameters = dict(trl_trainer.model.named_parameters())
     for name, parameter in trainer.model.named_parameters():
@@ -259,7 +261,7 @@ def test_short_capo_run_with_strength(tiny, tmp_path):
         (trained - original).abs().max().item()
         for trained, original in zip(trainer.model.parameters(), initial.parameters())
     )
-    assert moved > 1e-4
+    assert moved > 1e-4  # measured 5.98e-3 to 6.01e-3 (seeds 0-2, 1 and 2 threads)
     trainer.evaluate()
     evaluation = trainer.state.log_history[-1]  # TRL 0.29's evaluate() returns the metrics without its own
     assert math.isfinite(evaluation["eval_loss"]) and 0.0 <= evaluation["eval_weights/min"]
