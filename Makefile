@@ -12,7 +12,7 @@ export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export CAPO_PROFILE ?= smoke
 
-.PHONY: venv test test-fast test-trl-matrix book lint clean
+.PHONY: venv test test-fast test-trl-matrix test-oldest book lint clean
 
 venv: $(STAMP)
 
@@ -55,6 +55,11 @@ test-trl-matrix:
 	@$(TEST_CACHES); PYTHON=$(PYTHON) TORCH_SPEC="$(TORCH_SPEC)" .ci/trl_matrix.sh
 
 # The edit loop: unit tests not marked slow (no notebooks, no end-to-end runs), a minute or two.
+# The oldest transformers, datasets, peft and accelerate that pyproject.toml allows (what Colab may keep),
+# in .venv-oldest: every unit test but TRL's and the slow ones (.ci/oldest_deps.sh). Not part of `make test`.
+test-oldest:
+	PYTHON=$(PYTHON) TORCH_SPEC="$(TORCH_SPEC)" .ci/oldest_deps.sh
+
 test-fast: venv
 	@$(TEST_CACHES); $(PYTEST) tests -m "not slow"
 
@@ -69,4 +74,4 @@ book: venv _build/.package-stamp
 	OMP_NUM_THREADS=1 $(VENV)/bin/jupyter-book build . --warningiserror --keep-going --path-output .
 
 clean:
-	rm -rf _build .pytest_cache .ruff_cache .venv-trl-*
+	rm -rf _build .pytest_cache .ruff_cache .venv-trl-* .venv-oldest

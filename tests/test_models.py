@@ -371,7 +371,9 @@ def write_llama_gguf(model, tokenizer, path: Path) -> Path:
     writer.add_head_count(heads)
     writer.add_head_count_kv(kv_heads)
     writer.add_rope_dimension_count(config.hidden_size // heads)
-    writer.add_rope_freq_base(float(config.rope_parameters["rope_theta"]))
+    # transformers 5 keeps rope_theta in rope_parameters; 4.x on the config itself
+    rope = getattr(config, "rope_parameters", None) or {"rope_theta": config.rope_theta}
+    writer.add_rope_freq_base(float(rope["rope_theta"]))
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
     writer.add_vocab_size(config.vocab_size)
     writer.add_file_type(gguf.LlamaFileType.ALL_F32)
