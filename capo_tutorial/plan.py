@@ -266,9 +266,10 @@ def activation_bytes(shape: ModelShape, tokens: int, checkpointing: bool) -> tup
     checkpointing, the one layer whose activations are recomputed at a time in the backward pass.
     """
     per_layer = tokens * shape.activation_bytes_per_token() + 2 * shape.layer_parameters
+    final_norm = tokens * 8 * shape.hidden  # its float32 input and output, kept for the LM head
     if checkpointing:
-        return shape.layers * tokens * 4 * shape.hidden, per_layer
-    return shape.layers * per_layer, 0.0
+        return shape.layers * tokens * 4 * shape.hidden + final_norm, per_layer
+    return shape.layers * per_layer + final_norm, 0.0
 
 
 def head_saved_bytes(shape: ModelShape, tokens: int) -> float:
