@@ -6,6 +6,11 @@ places the model, shards the batches, averages the gradients and gathers the met
     stage "sft"          -mean log pi(y_w|x) per chosen token, on the chosen responses only
     stage "preference"   the configured loss (capo_tutorial.losses) on the 2B batch
 
+A weighted loss (CAPO) has its weights normalised to mean 1 over the whole optimizer step, every
+micro-batch of an accumulation and every process, not over each micro-batch (see _StepWeights);
+its logged ``weights/*`` are then the raw weights. With fp16 a step whose gradients overflow is
+skipped by the loss scaler and counted (``skipped``); only many in a row stop the run.
+
 After the warm-up, the policy is frozen into the reference model. Metrics use TRL's names
 (loss, rewards/chosen, rewards/rejected, rewards/accuracies, rewards/margins, logps/chosen, ...)
 and go to ``history.jsonl``; the final per-language evaluation goes to ``evaluation.csv``.
@@ -206,6 +211,7 @@ def _run_stage(run: _Run, stage: str, progress: _Progress, resume_from: Path | N
     prepared_model, optimizer = accelerator.prepare(model, optimizer)
     step_function = sft_step if stage == "sft" else _preference_step
     overflows = _OverflowGuard(config, accelerator)
+    step_weights = _StepWeights()
     start = time.perf_counter()
     logger.start(stage, total_steps, progress.step)
     for batch in _batches(components, config, accelerator, progress):
@@ -213,7 +219,9 @@ def _run_stage(run: _Run, stage: str, progress: _Progress, resume_from: Path | N
             metrics = step_function(prepared_model, batch, config, components, accelerator)
             _guard_finite(metrics["loss"], "loss", stage, progress, config, accelerator)
             accelerator.backward(metrics["loss"])
+            step_weights.add(metrics)
             if accelerator.sync_gradients:
+                step_weights.normalise(prepared_model.parameters(), accelerator)
                 # The norm is needed anyway to clip; a non-finite one would poison the weights, except
                 # under fp16 loss scaling, where the scaler skips that step and lowers its scale.
                 metrics["grad_norm"] = accelerator.clip_grad_norm_(
@@ -367,6 +375,51 @@ class _OverflowGuard:
 # --------------------------------------------------------------------------------------------------
 
 
+class _StepWeights:
+    """Normalises a weighted loss's weights over the whole optimizer step, not each micro-batch.
+
+    A loss such as CAPO rescales its weights to mean 1 over the pairs it sees. Within one micro-batch
+    on one process that is the whole step, and the loss does it itself. When a step spans several
+    micro-batches (gradient accumulation) or processes, a micro-batch of suspect pairs alone would
+    be rescaled back to weight 1; instead each micro-batch computes its loss with the raw weights
+    (``weights/sum`` in its metrics), and at the end of the step the accumulated gradient is divided
+    by the mean weight over all of the step's pairs: exactly the gradient of one batch normalised
+    as a whole, since the weights carry no gradient.
+    """
+
+    def __init__(self) -> None:
+        self.weight_sum, self.pairs = 0.0, 0.0
+
+    def add(self, metrics: dict[str, Tensor]) -> None:
+        if "weights/sum" in metrics:
+            self.weight_sum = self.weight_sum + metrics.pop("weights/sum")
+            self.pairs = self.pairs + metrics.pop("weights/pairs")
+
+    def normalise(self, parameters, accelerator) -> None:
+        if isinstance(self.pairs, float):  # the loss normalised its own batch (or has no weights)
+            return
+        totals = torch.stack([self.weight_sum, self.pairs]).float()
+        if accelerator.num_processes > 1:
+            totals = accelerator.reduce(totals, reduction="sum")
+        scale = totals[1] / totals[0].clamp_min(torch.finfo(torch.float32).tiny)
+        for parameter in parameters:
+            if parameter.grad is not None:
+                parameter.grad.mul_(scale.to(parameter.grad.dtype))
+        self.weight_sum, self.pairs = 0.0, 0.0
+
+
+def normalises_over_step(config: RunConfig, loss_params: dict, processes: int) -> bool:
+    """Whether training normalises the loss's weights over the optimizer step (see _StepWeights).
+
+    Not with an RPO-style SFT term (``sft_weight``): rescaling the step's gradient would rescale
+    that term too, so such runs keep the loss's own per-micro-batch normalisation.
+    """
+    spec = LOSSES[config.loss]
+    normalise = loss_params.get("normalize", spec.defaults.get("normalize", False))
+    spans = config.gradient_accumulation_steps > 1 or processes > 1
+    return bool(normalise) and spans and not config.sft_weight
+
+
 def _preference_step(model, batch, config, components, accelerator) -> dict[str, Tensor]:
     """The configured preference loss on the 2B batch, and TRL's metrics of it (detached)."""
     with accelerator.autocast():  # the reference too: an fp32 forward on a GPU would cost twice
@@ -378,6 +431,9 @@ def _preference_step(model, batch, config, components, accelerator) -> dict[str,
     params = dict(config.loss_params)
     if "strength" in batch and LOSSES[config.loss].takes_strength:
         params["strength"] = batch["strength"]
+    over_step = normalises_over_step(config, params, accelerator.num_processes)
+    if over_step:
+        params["normalize"] = False  # _StepWeights normalises over the whole step
     output = preference_loss(
         config.loss,
         policy.chosen_logps,
@@ -393,8 +449,15 @@ def _preference_step(model, batch, config, components, accelerator) -> dict[str,
     loss = output.losses.mean()
     if config.sft_weight:
         loss = loss + config.sft_weight * (-policy.chosen_logps / policy.chosen_lengths).mean()
+    step_weights = {}
+    if over_step:
+        step_weights = {
+            "weights/sum": output.weights.sum(),
+            "weights/pairs": output.weights.new_tensor(len(output.weights)),
+        }
     return {
         "loss": loss,
+        **step_weights,
         "rewards/chosen": output.chosen_rewards.mean(),
         "rewards/rejected": output.rejected_rewards.mean(),
         "rewards/accuracies": (output.chosen_rewards > output.rejected_rewards).float().mean(),
