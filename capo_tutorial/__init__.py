@@ -2,7 +2,7 @@
 
 Modules, in the order data flows through them:
 
-- ``data``: preference records, validation, loaders, tokenization, collation
+- ``data``: preference records and validation, loaders, tokenization, batching (a package)
 - ``testbed``: an offline multilingual preference set with ground-truth labels (a package:
   languages, tasks, generate, card)
 - ``models``: the tiny smoke model, pretrained loading, LoRA; ``gguf``: GGUF files converted once
@@ -14,7 +14,8 @@ Modules, in the order data flows through them:
 - ``training``: the training loop (Accelerate), divergence guards, history; ``checkpoint``: resume
 - ``evaluation``: implicit rewards of every evaluation pair; a finished run's evaluation
 - ``metrics``: reward accuracy, margins, per-language tables, calibration
-- ``experiments`` / ``analysis``: grids of runs and their tidy results, and reading them
+- ``experiments`` / ``analysis``: grids of runs and their tidy results, and reading them;
+  per-language token statistics of a data set
 - ``plots``: the figures the book shows
 - ``integrations.trl``: ``CAPOTrainer``, any loss of the package inside TRL's DPOTrainer
 

@@ -12,6 +12,9 @@ module loads a grid, selects rows, and reduces the seeds:
   points and relative to the baseline, since "beats X by 16%" can mean either;
 - :func:`against_each_baseline`: either of the two for one method against every other in turn.
 
+:func:`language_statistics` describes a preference data set before any run (characters and tokens
+per language, chapter 3).
+
 Accuracies are fractions in [0, 1]; "points" are differences of fractions times 100; "relative"
 improvements are percentages of the baseline's value. Nothing here trains a model.
 """
@@ -37,6 +40,7 @@ __all__ = [
     "find_results_dir",
     "format_mean_spread",
     "improvement_over_baseline",
+    "language_statistics",
     "load_grid",
     "paired_differences",
     "rank_variants",
@@ -372,3 +376,45 @@ def format_mean_spread(mean: float, spread: float | None = None, digits: int = 3
     if spread is None or not np.isfinite(spread):
         return f"{mean:.{digits}f}"
     return f"{mean:.{digits}f} ± {spread:.{digits}f}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-language statistics of a preference data set (before any run: tokens per script)
+# ----------------------------------------------------------------------------------------------
+
+
+def language_statistics(dataset: Any, tokenizer: Any) -> pd.DataFrame:
+    """Per language of a preference data set (a ``datasets.Dataset`` with prompt, chosen, rejected and
+    language columns): rows, mean characters and tokens per pair, and tokens per character.
+
+    A pair's text is prompt + chosen + rejected; characters are Unicode code points; tokens are
+    counted without special tokens. ``tokens_per_char`` (tokenizer fertility) is total tokens over
+    total characters: the same content costs more tokens in some scripts. ``bytes_per_char`` is the
+    UTF-8 size, which a byte-level tokenizer starts from (1 for ASCII, 2 for Cyrillic, 3 for Thai).
+
+    Returns:
+        DataFrame with columns language, [script], rows, mean_chars, mean_tokens, tokens_per_char,
+        bytes_per_char; one row per language, sorted by language.
+    """
+    from capo_tutorial.data import TEXT_FIELDS  # here, not above: reading grids needs no torch
+
+    columns = ["language", *TEXT_FIELDS] + (["script"] if "script" in dataset.column_names else [])
+    frame = dataset.select_columns(columns).to_pandas()
+    texts = [t for name in TEXT_FIELDS for t in frame[name].tolist()]
+    counts = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    n = len(frame)
+    frame["tokens"] = np.add.reduce([np.asarray(counts[k * n : (k + 1) * n]) for k in range(3)])
+    frame["chars"] = sum(frame[name].str.len() for name in TEXT_FIELDS)
+    frame["bytes"] = sum(frame[name].map(lambda s: len(s.encode("utf-8"))) for name in TEXT_FIELDS)
+    keys = ["language", "script"] if "script" in columns else ["language"]
+    stats = frame.groupby(keys, sort=True).agg(
+        rows=("tokens", "size"),
+        mean_chars=("chars", "mean"),
+        mean_tokens=("tokens", "mean"),
+        tokens=("tokens", "sum"),
+        chars=("chars", "sum"),
+        bytes=("bytes", "sum"),
+    )
+    stats["tokens_per_char"] = stats["tokens"] / stats["chars"]
+    stats["bytes_per_char"] = stats["bytes"] / stats["chars"]
+    return stats.drop(columns=["tokens", "chars", "bytes"]).reset_index()

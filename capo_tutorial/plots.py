@@ -751,7 +751,7 @@ def plot_tokenizer_fertility(
     """What the same content costs per language: tokens per pair and tokens per character.
 
     Args:
-        tables: a table of ``capo_tutorial.data.language_statistics`` (columns language,
+        tables: a table of ``capo_tutorial.analysis.language_statistics`` (columns language,
             [script], mean_tokens, tokens_per_char), or a mapping tokenizer name -> such a table,
             computed on the same pairs.
         order: the languages, top to bottom (default: the first table's tokens per pair, fewest

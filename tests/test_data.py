@@ -20,11 +20,11 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from torch.utils.data import DataLoader
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from capo_tutorial.analysis import language_statistics
 from capo_tutorial.data import (
     LengthGroupedBatchSampler,
     PreferenceCollator,
     PreferenceDataError,
-    language_statistics,
     load_preferences,
     normalize_language,
     padding_fraction,
