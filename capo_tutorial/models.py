@@ -115,6 +115,8 @@ def train_tokenizer(
         ``<|system|>``, ``<|user|>``, ``<|assistant|>``, :data:`CHAT_TEMPLATE`, right padding.
         It saves with ``save_pretrained`` and reloads with ``AutoTokenizer.from_pretrained``.
     """
+    # Over 60 lines with its docstring (what byte-level means, every argument): one tokenizer set up
+    # top to bottom (pre-tokenizer, trainer, bos template, the transformers wrapper).
     texts = _checked_texts(texts)
     specials = [PAD, EOS, BOS, UNK, *ROLE_TOKENS]
     minimum = 256 + len(specials)

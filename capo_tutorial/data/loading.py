@@ -452,6 +452,8 @@ def load_preferences(
         other source column as metadata), or ``(dataset, report)`` with ``return_report=True``.
         Duplicated pairs are kept, counted in the report, and warned about (UserWarning).
     """
+    # Over 60 lines with its docstring (every format and option): read, map columns, draw the row
+    # limit, validate, report; each step is a function above.
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error={on_error!r}: use 'raise' or 'skip'")
     configs = [config] if config is None or isinstance(config, str) else list(config)

@@ -318,6 +318,8 @@ def make_testbed(
         DatasetDict of ``COLUMNS``; validation and test are clean (``flipped`` all False), and no
         prompt appears in two splits.
     """
+    # Over 60 lines with its docstring (every argument explained): check the arguments, then one loop
+    # over languages and one over splits; the parts are the functions above.
     languages = _check_languages(languages)
     sizes = {"train": n_train, "validation": n_validation, "test": n_test}
     if any(not isinstance(n, int) or n < 0 for n in sizes.values()):
