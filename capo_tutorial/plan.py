@@ -376,13 +376,27 @@ def fit_to_card(config: RunConfig, card: Card, keep: frozenset[str] | set[str] =
         if plan.fits:
             return plan
         tried.append(plan)
-    smallest = min(tried, key=lambda p: p.memory_gib["total"])
+    smallest = min(tried, key=lambda p: max(p.memory_gib["total"], p.memory_gib["evaluation"]))
+    pairs = f"{smallest.batch_size} pair{'s' if smallest.batch_size > 1 else ''}"
+    checkpointing = " with gradient checkpointing" if smallest.gradient_checkpointing else ""
+    needs = max(smallest.memory_gib["total"], smallest.memory_gib["evaluation"])
     raise NothingFitsError(
-        f"nothing fits a {card.name} with {card.memory_gib:g} GiB: even {smallest.batch_size} pair per "
-        f"micro-batch{' with gradient checkpointing' if smallest.gradient_checkpointing else ''} needs "
-        f"{smallest.memory_gib['total']:.1f} GiB (budget {card.memory_gib * (1 - HEADROOM):.1f} GiB). "
-        f"Lower max_length (now {config.max_length}), use LoRA (lora_r), or a smaller model."
+        f"nothing fits a {card.name} with {card.memory_gib:g} GiB: even {pairs} per micro-batch"
+        f"{checkpointing} needs {needs:.1f} GiB (budget {card.memory_gib * (1 - HEADROOM):.1f} GiB). "
+        f"{_what_to_change(config, keep)}"
     )
+
+
+def _what_to_change(config: RunConfig, keep: frozenset[str] | set[str]) -> str:
+    """The settings that would lower the estimate, starting with those the user fixed."""
+    hints = [f"lower max_length (now {config.max_length})"]
+    if "batch_size" in keep:
+        hints.append(f"a smaller batch_size (now {config.batch_size}; raise gradient_accumulation_steps)")
+    if "gradient_checkpointing" in keep and not config.gradient_checkpointing:
+        hints.append("turn gradient_checkpointing on")
+    if not config.lora_r:
+        hints.append("use LoRA (lora_r)")
+    return "Try: " + "; ".join(hints) + "; or a smaller model."
 
 
 def card_from_memory(gpu_memory_gib: float, like: str = "T4") -> Card:

@@ -59,7 +59,7 @@ def test_settings_the_user_gave_are_kept():
 
 
 def test_nothing_fits_is_an_error_that_says_what_to_change():
-    with pytest.raises(NothingFitsError, match=r"nothing fits a T4 with 4 GiB.*Lower max_length \(now 512\)"):
+    with pytest.raises(NothingFitsError, match=r"nothing fits a T4 with 4 GiB.*lower max_length \(now 512\)"):
         profile_config("gpu", card=card_from_memory(4, like="T4"))
 
 
