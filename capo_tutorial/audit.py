@@ -48,7 +48,6 @@ __all__ = [
     "drop_suspect_pairs",
     "flag_suspects",
     "language_table",
-    "plot_audit",
     "reference_logps",
     "roc_curve",
 ]
@@ -353,51 +352,6 @@ def language_table(pairs: pd.DataFrame, *, overall: bool = True) -> pd.DataFrame
 # --------------------------------------------------------------------------------------------------
 
 
-def plot_audit(pairs: pd.DataFrame, languages: pd.DataFrame | None = None, *, threshold: float | None = None):
-    """Confidence per language (box plots, the share flagged in the labels, the flag's threshold as a
-    dotted line); ROC curves per language beside it when the pairs carry ``truth``. Returns the Figure."""
-    import matplotlib.pyplot as plt
-
-    from capo_tutorial.plots import house_style
-
-    languages = language_table(pairs) if languages is None else languages
-    table = languages[languages.language != "all"].set_index("language")
-    order = list(table.index)
-    with_truth = "truth" in pairs and bool(pairs.truth.any())
-    with house_style():
-        fig, axes = plt.subplots(
-            1, 2 if with_truth else 1, figsize=(11 if with_truth else 6, 4), squeeze=False
-        )
-        ax = axes[0, 0]
-        data = [pairs.confidence[pairs.language == name].to_numpy() for name in order]
-        ax.boxplot(data, orientation="horizontal", showfliers=False)
-        ax.set_yticks(range(1, len(order) + 1))
-        ax.set_yticklabels(
-            [f"{name} · {table.script[name]}  ({table.flagged_share[name]:.0%})" for name in order]
-        )
-        ax.set_xlabel("confidence c = sigmoid(d_ref / tau)")
-        ax.set_title("confidence per language (share flagged)")
-        ax.set_xlim(0, 1)
-        if threshold is not None:
-            ax.axvline(threshold, color="grey", linestyle=":", linewidth=1)
-        if with_truth:
-            ax = axes[0, 1]
-            for name in order:
-                rows = pairs[pairs.language == name]
-                if rows.truth.any() and not rows.truth.all():
-                    fpr, tpr = roc_curve(-rows.reference_margin.to_numpy(), rows.truth.to_numpy())
-                    ax.plot(fpr, tpr, label=f"{name} ({table.auroc[name]:.2f})")
-            ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
-            ax.set_xlabel("false positive rate (clean pairs flagged)")
-            ax.set_ylabel("true positive rate (wrong labels found)")
-            ax.set_title("ROC per language (AUROC)")
-            if ax.get_legend_handles_labels()[0]:
-                ax.legend(fontsize="small", loc="lower right")
-        fig.tight_layout()
-    plt.close(fig)  # the caller shows or saves it; no duplicate display in notebooks
-    return fig
-
-
 @dataclass
 class AuditResult:
     """What :func:`audit_preferences` returns.
@@ -405,7 +359,7 @@ class AuditResult:
     Attributes:
         pairs: one row per pair (see :func:`audit_frame`).
         languages: one row per language and "all" (see :func:`language_table`).
-        figure: :func:`plot_audit` of the two.
+        figure: :func:`capo_tutorial.plots.plot_audit` of the two.
         settings: what was audited with what (source, tau, flag rule, model, data, rows skipped).
     """
 
@@ -656,6 +610,8 @@ def _audit_with(
     )
     languages = language_table(pairs)
     settings.update(truth=truth, rule=_rule_text(threshold, fraction, tau))
+    from capo_tutorial.plots import plot_audit
+
     figure = plot_audit(pairs, languages, threshold=_check_flag_rule(threshold, fraction)[0])
     return AuditResult(pairs, languages, figure, settings, scorer)
 

@@ -167,6 +167,8 @@ def _command_audit(arguments: argparse.Namespace) -> int:
 
 
 def _add_audit_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of ``capo audit``: one ``add_argument`` per flag with its help (over 60 lines: a
+    table of flags, grouped as ``--help`` shows them, not logic)."""
     json_dict = _parse_value(dict, "overrides")
     model = parser.add_argument_group("the reference model (default: the profile's warmed-up reference)")
     model.add_argument(

@@ -42,6 +42,7 @@ __all__ = [
     "loss_curves",
     "method_palette",
     "plot_accuracy_vs_noise",
+    "plot_audit",
     "plot_beta_effect",
     "plot_loss_and_gradient",
     "plot_per_language",
@@ -1485,3 +1486,48 @@ def plot_noise_panels(
             if index < len(values) - 1:
                 ax.get_legend().remove()
         return _finish(fig)
+
+
+def plot_audit(pairs: pd.DataFrame, languages: pd.DataFrame | None = None, *, threshold: float | None = None):
+    """The audit's figure (``capo audit``, chapter 8): confidence per language (box plots, the share
+    flagged in the labels, the flag's threshold as a dotted line); ROC curves per language beside it
+    when the pairs carry ``truth``. ``pairs`` and ``languages`` as :class:`capo_tutorial.audit.AuditResult`
+    holds them. Returns the Figure."""
+    from capo_tutorial.audit import language_table, roc_curve  # the audit imports this module too
+
+    languages = language_table(pairs) if languages is None else languages
+    table = languages[languages.language != "all"].set_index("language")
+    order = list(table.index)
+    with_truth = "truth" in pairs and bool(pairs.truth.any())
+    with house_style():
+        fig, axes = plt.subplots(
+            1, 2 if with_truth else 1, figsize=(11 if with_truth else 6, 4), squeeze=False
+        )
+        ax = axes[0, 0]
+        data = [pairs.confidence[pairs.language == name].to_numpy() for name in order]
+        ax.boxplot(data, orientation="horizontal", showfliers=False)
+        ax.set_yticks(range(1, len(order) + 1))
+        ax.set_yticklabels(
+            [f"{name} · {table.script[name]}  ({table.flagged_share[name]:.0%})" for name in order]
+        )
+        ax.set_xlabel("confidence c = sigmoid(d_ref / tau)")
+        ax.set_title("confidence per language (share flagged)")
+        ax.set_xlim(0, 1)
+        if threshold is not None:
+            ax.axvline(threshold, color="grey", linestyle=":", linewidth=1)
+        if with_truth:
+            ax = axes[0, 1]
+            for name in order:
+                rows = pairs[pairs.language == name]
+                if rows.truth.any() and not rows.truth.all():
+                    fpr, tpr = roc_curve(-rows.reference_margin.to_numpy(), rows.truth.to_numpy())
+                    ax.plot(fpr, tpr, label=f"{name} ({table.auroc[name]:.2f})")
+            ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+            ax.set_xlabel("false positive rate (clean pairs flagged)")
+            ax.set_ylabel("true positive rate (wrong labels found)")
+            ax.set_title("ROC per language (AUROC)")
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize="small", loc="lower right")
+        fig.tight_layout()
+    plt.close(fig)  # the caller shows or saves it; no duplicate display in notebooks
+    return fig
