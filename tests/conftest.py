@@ -71,22 +71,23 @@ def pytest_unconfigure(config) -> None:
         shutil.rmtree(CACHE_ROOT, ignore_errors=True)
 
 
-# One SFT warm-up (the smoke profile's, seed 0, noise 0.2) serves the committed-slice recompute and the
-# chapters that train; the tests marked with this group run first, on one worker, and put it in the
-# run's CAPO_CACHE while the other worker starts on the notebooks that train nothing.
+# One SFT warm-up (the smoke profile's, seed 0, noise 0.2) serves the committed-slice recomputes and the
+# chapters that train. Their tests run first, on one worker (make test distributes by file), and put it
+# in the run's CAPO_CACHE while the other worker runs the unit tests; the notebooks come last, when it
+# is there to be reused, instead of each computing it at the same time.
 SMOKE_WARM_UP = "smoke-warm-up"
 
 
 def pytest_collection_modifyitems(config, items) -> None:
-    """Longest first, so that two xdist workers finish together: the warm-up group, the notebooks
-    (when nbmake collects them in the same run), the tests marked slow, then the rest (order kept)."""
+    """The warm-up group, the tests marked slow, the other tests, then the notebooks (when nbmake
+    collects them in the same run); within each, the order of collection."""
 
     def rank(item) -> int:
         group = item.get_closest_marker("xdist_group")
         if group is not None and group.args == (SMOKE_WARM_UP,):
             return 0
         if item.path.suffix == ".ipynb":
-            return 1
-        return 2 if item.get_closest_marker("slow") else 3
+            return 3
+        return 1 if item.get_closest_marker("slow") else 2
 
     items.sort(key=rank)

@@ -96,7 +96,7 @@ def test_run_grid_writes_rows_manifest_and_resumes(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("smoke-warm-up")  # one worker, first (tests/conftest.py): one warm-up for both
+@pytest.mark.xdist_group("smoke-warm-up")  # first, one file on one worker (tests/conftest.py): one warm-up
 @pytest.mark.skipif("scale1" not in GRIDS, reason="the scale-1 grid has not been committed yet")
 @pytest.mark.parametrize("method", ["dpo", "capo"])
 def test_a_committed_scale1_slice_recomputes(tmp_path, method):
