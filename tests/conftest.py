@@ -43,22 +43,25 @@ if "PYTEST_XDIST_WORKER" not in os.environ:  # the run's first process; xdist's 
 CPU_TIMES = CACHE_ROOT / f"cpu-seconds-{os.environ['CAPO_TEST_RUN_ID']}"
 
 
-def _cpu_seconds() -> float:
-    """User + system CPU seconds of this process and of every process it started and waited for."""
-    usages = (resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
-    return sum(usage.ru_utime + usage.ru_stime for usage in usages)
+def _cpu_seconds(who: int) -> float:
+    """User + system CPU seconds of this process (RUSAGE_SELF) or of the processes it waited for."""
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
 
 
 def pytest_sessionfinish(session) -> None:
     worker = os.environ.get("PYTEST_XDIST_WORKER")
     if worker:
         CPU_TIMES.mkdir(parents=True, exist_ok=True)
-        (CPU_TIMES / worker).write_text(str(_cpu_seconds()))
+        total = _cpu_seconds(resource.RUSAGE_SELF) + _cpu_seconds(resource.RUSAGE_CHILDREN)
+        (CPU_TIMES / worker).write_text(str(total))
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
     workers = sorted(CPU_TIMES.glob("*")) if CPU_TIMES.is_dir() else []
-    total = _cpu_seconds() + sum(float(path.read_text()) for path in workers)
+    # The workers' own counts, or, once they have been waited for, the same seconds in our children's.
+    others = max(_cpu_seconds(resource.RUSAGE_CHILDREN), sum(float(path.read_text()) for path in workers))
+    total = _cpu_seconds(resource.RUSAGE_SELF) + others
     terminalreporter.write_line(
         f"CPU time of this run: {total:.0f} s (tests, notebook kernels and the processes they started, "
         f"{max(len(workers), 1)} worker(s))"
