@@ -311,6 +311,7 @@ LEARNED = {
 AUROC_BOUND = 0.55
 
 
+@pytest.mark.slow  # trains a reference (400 SFT steps): the slowest test of make test-fast otherwise
 def test_the_audit_beats_chance_with_a_trained_tiny_reference():
     result = audit_preferences(
         profile="smoke", overrides={**LEARNED, "noise": 0.2, "seed": 0}, progress=False
