@@ -247,13 +247,13 @@ class Plan:
         )
 
 
-def _training_memory(shape: ModelShape, config: RunConfig, pairs: int, checkpointing: bool) -> dict:
-    rows_tokens = 2 * pairs * config.max_length
+def _training_memory(shape: ModelShape, config: RunConfig) -> dict:
+    rows_tokens = 2 * config.batch_size * config.max_length
     trainable = shape.lora_parameters(config.lora_r) if config.lora_r else shape.parameters
     return {
         "weights": 4 * shape.parameters / GIB,
         "trainable state": 16 * trainable / GIB,
-        "activations": sum(activation_bytes(shape, rows_tokens, checkpointing)) / GIB,
+        "activations": sum(activation_bytes(shape, rows_tokens, config.gradient_checkpointing)) / GIB,
         "LM head": _head_bytes(shape, rows_tokens) / GIB,
         "CUDA context": CUDA_CONTEXT_GIB,
     }
@@ -292,8 +292,8 @@ def _head_bytes(shape: ModelShape, tokens: int) -> float:
     return max(head_saved_bytes(shape, tokens), 2 * shape.vocab * shape.hidden) + 12 * chunk
 
 
-def _evaluation_memory(shape: ModelShape, config: RunConfig, pairs: int) -> float:
-    tokens = 2 * pairs * config.max_length
+def _evaluation_memory(shape: ModelShape, config: RunConfig) -> float:
+    tokens = 2 * config.eval_batch_size * config.max_length
     layer = tokens * shape.activation_bytes_per_token() + 2 * shape.layer_parameters
     chunk = min(tokens * shape.vocab, LOGITS_CHUNK_ELEMENTS)
     head = 6 * chunk + 2 * shape.vocab * shape.hidden  # half logits and their float32 copy
@@ -304,8 +304,8 @@ def _flops_per_token(shape: ModelShape, length: float) -> float:
     return 2 * shape.parameters + 4 * length * shape.hidden * shape.layers
 
 
-def _step_seconds(shape: ModelShape, config: RunConfig, card: Card, checkpointing: bool) -> float:
-    passes = 1 + (1 if config.lora_r else 2) + (1 if checkpointing else 0)
+def _step_seconds(shape: ModelShape, config: RunConfig, card: Card) -> float:
+    passes = 1 + (1 if config.lora_r else 2) + (1 if config.gradient_checkpointing else 0)
     passes += 0 if config.reference == "precomputed" else 1
     length = MEAN_FILL * config.max_length
     tokens = 2 * config.batch_size * config.gradient_accumulation_steps * length
@@ -324,10 +324,10 @@ def _run_minutes(shape: ModelShape, config: RunConfig, card: Card, step_seconds:
 def plan_run(config: RunConfig, card: Card) -> Plan:
     """The plan of ``config`` as it is (its batch, accumulation, length and checkpointing) on ``card``."""
     shape = model_shape(config)
-    memory = _training_memory(shape, config, config.batch_size, config.gradient_checkpointing)
+    memory = _training_memory(shape, config)
     memory["total"] = sum(memory.values())
-    memory["evaluation"] = _evaluation_memory(shape, config, config.eval_batch_size)
-    step = _step_seconds(shape, config, card, config.gradient_checkpointing)
+    memory["evaluation"] = _evaluation_memory(shape, config)
+    step = _step_seconds(shape, config, card)
     return Plan(
         card=card,
         batch_size=config.batch_size,
