@@ -115,18 +115,36 @@ def main(argv: list[str] | None = None) -> int:
         )
     texts = write_pairs(work / "pairs.jsonl", n=16 * arguments.steps)
     folder = save_qwen2_stand_in(
-        work / "model", texts, hidden_size=shape.hidden, intermediate_size=shape.intermediate,
-        num_layers=shape.layers, num_heads=shape.heads, num_kv_heads=shape.kv_heads, vocab_size=shape.vocab,
-    )  # fmt: skip
+        work / "model",
+        texts,
+        hidden_size=shape.hidden,
+        intermediate_size=shape.intermediate,
+        num_layers=shape.layers,
+        num_heads=shape.heads,
+        num_kv_heads=shape.kv_heads,
+        vocab_size=shape.vocab,
+    )
     planned = profile_config("gpu", card=card)  # the T4 plan's micro-batch, accumulation, checkpointing
     common = dict(
-        model=str(folder), data=str(work / "pairs.jsonl"), data_config=None, eval_data=None,
-        eval_data_configs=[], eval_split="train", max_train_pairs=None, max_eval_pairs=64,
-        max_steps=arguments.steps, eval_every=0, save_every=0, log_every=5, progress="lines",
-        loss="capo", batch_size=planned.batch_size,
+        model=str(folder),
+        data=str(work / "pairs.jsonl"),
+        data_config=None,
+        eval_data=None,
+        eval_data_configs=[],
+        eval_split="train",
+        max_train_pairs=None,
+        max_eval_pairs=64,
+        max_steps=arguments.steps,
+        eval_every=0,
+        save_every=0,
+        log_every=5,
+        progress="lines",
+        loss="capo",
+        batch_size=planned.batch_size,
         gradient_accumulation_steps=planned.gradient_accumulation_steps,
-        gradient_checkpointing=planned.gradient_checkpointing, eval_batch_size=planned.eval_batch_size,
-    )  # fmt: skip
+        gradient_checkpointing=planned.gradient_checkpointing,
+        eval_batch_size=planned.eval_batch_size,
+    )
     runs = {
         "fp16 (T4 plan)": dict(precision="fp16"),
         "bf16 (T4 plan)": dict(precision="bf16"),

@@ -296,9 +296,13 @@ def audit_frame(
         raise ValueError(f"records has {len(records)} rows but scores has {len(scores)}")
     records, scores = records.reset_index(drop=True), scores.reset_index(drop=True)
     margin, confidence = confidence_of(
-        scores[REFERENCE_COLUMNS[0]], scores[REFERENCE_COLUMNS[1]],
-        scores.chosen_length, scores.rejected_length, source=source, tau=tau,
-    )  # fmt: skip
+        scores[REFERENCE_COLUMNS[0]],
+        scores[REFERENCE_COLUMNS[1]],
+        scores.chosen_length,
+        scores.rejected_length,
+        source=source,
+        tau=tau,
+    )
     languages = list(records["language"])
     pair_ids = records["pair_id"] if "pair_id" in records else pd.Series(range(len(records))).astype(str)
     frame = pd.DataFrame({"pair_id": pair_ids, "language": languages, "script": _scripts(records)})

@@ -154,12 +154,23 @@ def _command_audit(arguments: argparse.Namespace) -> int:
             "they do not apply with --model"
         )
     result = audit_preferences(
-        arguments.data, arguments.model, profile=arguments.profile, overrides=overrides,
-        split=arguments.split, data_config=arguments.data_config, column_map=arguments.column_map,
-        skip_invalid=arguments.skip_invalid, truth=arguments.truth, source=arguments.source,
-        tau=arguments.tau, threshold=arguments.threshold, fraction=arguments.fraction,
-        batch_size=arguments.batch_size, max_length=arguments.max_length, progress=not arguments.no_progress,
-    )  # fmt: skip
+        arguments.data,
+        arguments.model,
+        profile=arguments.profile,
+        overrides=overrides,
+        split=arguments.split,
+        data_config=arguments.data_config,
+        column_map=arguments.column_map,
+        skip_invalid=arguments.skip_invalid,
+        truth=arguments.truth,
+        source=arguments.source,
+        tau=arguments.tau,
+        threshold=arguments.threshold,
+        fraction=arguments.fraction,
+        batch_size=arguments.batch_size,
+        max_length=arguments.max_length,
+        progress=not arguments.no_progress,
+    )
     paths = result.save(arguments.out)
     print(result.summary())
     print(f"wrote {', '.join(str(p) for p in paths.values())}")

@@ -139,29 +139,76 @@ def helpsteer3_row(
 
 #: A handful of HelpSteer3 rows: 10 in all, 2 of them ties (0), 1 in the code domain, 2 multi-turn.
 HELPSTEER3_ROWS: list[dict[str, Any]] = [
-    helpsteer3_row("general", "english", [("user", "In one line: what is a preference pair?")],
-                   "A prompt with two answers, one marked better than the other.", "It is a pair.",
-                   -2, [-2, -1, -3]),
-    helpsteer3_row("multilingual", "chinese", [("user", "用一句话解释什么是偏好数据。")],
-                   "偏好数据由成对的回答组成，其中一个被标为更好。", "偏好数据就是数据。", -3),
-    helpsteer3_row("multilingual", "japanese",
-                   [("user", "東京の人口は？"), ("assistant", "約1400万人です。"), ("user", "大阪市は？")],
-                   "約280万人です。", "約1400万人です。", -1, [-1, 0, -2]),
-    helpsteer3_row("multilingual", "russian", [("user", "Как сказать «спасибо» по-французски?")],
-                   "Merci.", "«Merci».", 0, [0, 1, -1]),
-    helpsteer3_row("code", "python", [("user", "How do I reverse a list in Python?")],
-                   "Use xs[::-1].", "xs.reverse() reverses in place; xs[::-1] returns a reversed copy.", 2),
+    helpsteer3_row(
+        "general",
+        "english",
+        [("user", "In one line: what is a preference pair?")],
+        "A prompt with two answers, one marked better than the other.",
+        "It is a pair.",
+        -2,
+        [-2, -1, -3],
+    ),
+    helpsteer3_row(
+        "multilingual",
+        "chinese",
+        [("user", "用一句话解释什么是偏好数据。")],
+        "偏好数据由成对的回答组成，其中一个被标为更好。",
+        "偏好数据就是数据。",
+        -3,
+    ),
+    helpsteer3_row(
+        "multilingual",
+        "japanese",
+        [("user", "東京の人口は？"), ("assistant", "約1400万人です。"), ("user", "大阪市は？")],
+        "約280万人です。",
+        "約1400万人です。",
+        -1,
+        [-1, 0, -2],
+    ),
+    helpsteer3_row(
+        "multilingual",
+        "russian",
+        [("user", "Как сказать «спасибо» по-французски?")],
+        "Merci.",
+        "«Merci».",
+        0,
+        [0, 1, -1],
+    ),
+    helpsteer3_row(
+        "code",
+        "python",
+        [("user", "How do I reverse a list in Python?")],
+        "Use xs[::-1].",
+        "xs.reverse() reverses in place; xs[::-1] returns a reversed copy.",
+        2,
+    ),
     helpsteer3_row("stem", "english", [("user", "Is 91 prime?")], "Yes.", "No: 91 = 7 × 13.", 3),
-    helpsteer3_row("multilingual", "korean", [("user", "'감사합니다'는 무슨 뜻인가요?")],
-                   "'고맙습니다'와 같은 뜻의 감사 인사입니다.", "'안녕히 가세요'라는 뜻입니다.", -3),
-    helpsteer3_row("multilingual", "german", [("user", "Was ist der Plural von „Baum“?")],
-                   "Baums.", "Bäume.", 3),
-    helpsteer3_row("multilingual", "spanish",
-                   [("system", "Responde en una frase."), ("user", "¿Qué es un modelo de recompensa?"),
-                    ("assistant", "Un modelo que puntúa respuestas."), ("user", "¿Y para qué sirve?")],
-                   "Para entrenar a otro modelo con sus puntuaciones.", "Para nada.", -2),
+    helpsteer3_row(
+        "multilingual",
+        "korean",
+        [("user", "'감사합니다'는 무슨 뜻인가요?")],
+        "'고맙습니다'와 같은 뜻의 감사 인사입니다.",
+        "'안녕히 가세요'라는 뜻입니다.",
+        -3,
+    ),
+    helpsteer3_row(
+        "multilingual", "german", [("user", "Was ist der Plural von „Baum“?")], "Baums.", "Bäume.", 3
+    ),
+    helpsteer3_row(
+        "multilingual",
+        "spanish",
+        [
+            ("system", "Responde en una frase."),
+            ("user", "¿Qué es un modelo de recompensa?"),
+            ("assistant", "Un modelo que puntúa respuestas."),
+            ("user", "¿Y para qué sirve?"),
+        ],
+        "Para entrenar a otro modelo con sus puntuaciones.",
+        "Para nada.",
+        -2,
+    ),
     helpsteer3_row("multilingual", "french", [("user", "Bonjour !")], "Bonjour !", "Salut !", 0),
-]  # fmt: skip
+]
 
 
 def write_helpsteer3(
@@ -188,35 +235,45 @@ _BENCH_ITEMS: dict[str, list[tuple[str, str, str]]] = {
     ],
     "deu_Latn": [
         ("Bei wie viel Grad Celsius siedet Wasser auf Meereshöhe?", "Bei 100 °C.", "Bei 90 °C."),
-        ("Wie wähle ich ein sicheres Passwort?",
-         "Nimm eine lange, für jedes Konto eigene Passphrase.", "Nimm dein Geburtsdatum."),
+        (
+            "Wie wähle ich ein sicheres Passwort?",
+            "Nimm eine lange, für jedes Konto eigene Passphrase.",
+            "Nimm dein Geburtsdatum.",
+        ),
     ],
     "hin_Deva": [
         ("समुद्र तल पर पानी कितने डिग्री सेल्सियस पर उबलता है?", "100 °C पर।", "90 °C पर।"),
-        ("मैं मज़बूत पासवर्ड कैसे चुनूँ?",
-         "हर खाते के लिए एक लंबा, अलग पासफ़्रेज़ इस्तेमाल करें।", "अपनी जन्मतिथि इस्तेमाल करें।"),
+        ("मैं मज़बूत पासवर्ड कैसे चुनूँ?", "हर खाते के लिए एक लंबा, अलग पासफ़्रेज़ इस्तेमाल करें।", "अपनी जन्मतिथि इस्तेमाल करें।"),
     ],
     "jpn_Jpan": [
         ("海抜0メートルで水は摂氏何度で沸騰しますか？", "100℃です。", "90℃です。"),
-        ("強いパスワードはどう選べばよいですか？",
-         "アカウントごとに長く固有のパスフレーズを使ってください。", "誕生日を使ってください。"),
+        (
+            "強いパスワードはどう選べばよいですか？",
+            "アカウントごとに長く固有のパスフレーズを使ってください。",
+            "誕生日を使ってください。",
+        ),
     ],
     "rus_Cyrl": [
         ("При какой температуре по Цельсию кипит вода на уровне моря?", "При 100 °C.", "При 90 °C."),
-        ("Как выбрать надёжный пароль?",
-         "Используйте длинную уникальную парольную фразу для каждого аккаунта.",
-         "Используйте дату своего рождения."),
+        (
+            "Как выбрать надёжный пароль?",
+            "Используйте длинную уникальную парольную фразу для каждого аккаунта.",
+            "Используйте дату своего рождения.",
+        ),
     ],
     "spa_Latn": [
         ("¿A qué temperatura en grados Celsius hierve el agua al nivel del mar?", "A 100 °C.", "A 90 °C."),
-        ("¿Cómo elijo una contraseña segura?",
-         "Usa una frase de contraseña larga y distinta para cada cuenta.", "Usa tu fecha de nacimiento."),
+        (
+            "¿Cómo elijo una contraseña segura?",
+            "Usa una frase de contraseña larga y distinta para cada cuenta.",
+            "Usa tu fecha de nacimiento.",
+        ),
     ],
     "zho_Hans": [
         ("在海平面上，水在多少摄氏度沸腾？", "100 摄氏度。", "90 摄氏度。"),
         ("如何选择一个安全的密码？", "为每个账户使用一个很长且不同的密码短语。", "使用你的生日。"),
     ],
-}  # fmt: skip
+}
 
 #: The per-language configs :func:`write_mrewardbench` can write (M-RewardBench's names).
 MREWARDBENCH_CONFIGS: tuple[str, ...] = tuple(_BENCH_ITEMS)
@@ -230,10 +287,18 @@ def mrewardbench_rows(config: str) -> list[dict[str, Any]]:
             f"config={config!r}: no fake M-RewardBench rows for it; use one of {MREWARDBENCH_CONFIGS}."
         )
     return [
-        {"id": index, "language": config, "prompt": prompt, "chosen": chosen, "rejected": rejected,
-         "chosen_model": "model-a", "rejected_model": "model-b", "source": source}
+        {
+            "id": index,
+            "language": config,
+            "prompt": prompt,
+            "chosen": chosen,
+            "rejected": rejected,
+            "chosen_model": "model-a",
+            "rejected_model": "model-b",
+            "source": source,
+        }
         for index, ((prompt, chosen, rejected), source) in enumerate(zip(_BENCH_ITEMS[config], _SOURCES))
-    ]  # fmt: skip
+    ]
 
 
 def write_mrewardbench(root: str | Path, configs: Iterable[str] = MREWARDBENCH_CONFIGS) -> Path:

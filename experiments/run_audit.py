@@ -37,9 +37,21 @@ RESULTS = Path(__file__).resolve().parent / "results" / "audit"
 CONDITIONS = ("0.1", "0.2", "0.3", "0.4", "systematic")
 SYSTEMATIC_LANGUAGES = ["ru", "ar"]  # as experiments/run_grid.py's "systematic" grid
 COLUMNS = [
-    "condition", "noise", "systematic", "seed", "language", "margin_class", "pairs", "flipped",
-    "auroc", "precision", "recall", "flagged_share", "reference_accuracy", "seconds",
-]  # fmt: skip
+    "condition",
+    "noise",
+    "systematic",
+    "seed",
+    "language",
+    "margin_class",
+    "pairs",
+    "flipped",
+    "auroc",
+    "precision",
+    "recall",
+    "flagged_share",
+    "reference_accuracy",
+    "seconds",
+]
 
 
 def overrides_of(condition: str, seed: int) -> dict:

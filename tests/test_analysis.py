@@ -22,16 +22,26 @@ def fake_results(accuracy=None, methods=("dpo", "capo"), seeds=(0, 1, 2), noises
                 for language, value in per_language.items():
                     rows.append(
                         {
-                            "method": method, "loss": method.split("-")[0], "params": "{}",
+                            "method": method,
+                            "loss": method.split("-")[0],
+                            "params": "{}",
                             "seed": seed,
-                            "noise": noise, "systematic": "", "profile": "smoke", "eval_split": "test",
-                            "language": language, "margin_class": "all",
+                            "noise": noise,
+                            "systematic": "",
+                            "profile": "smoke",
+                            "eval_split": "test",
+                            "language": language,
+                            "margin_class": "all",
                             "n": 200 if language == "all" else 100,
-                            "accuracy": value, "margin": 2 * value, "ece": 0.1,
-                            "flipped_memorised": np.nan if noise == 0 else 0.5, "reference_accuracy": 0.7,
-                            "steps": 300, "seconds": 10.0,
+                            "accuracy": value,
+                            "margin": 2 * value,
+                            "ece": 0.1,
+                            "flipped_memorised": np.nan if noise == 0 else 0.5,
+                            "reference_accuracy": 0.7,
+                            "steps": 300,
+                            "seconds": 10.0,
                         }
-                    )  # fmt: skip
+                    )
     return pd.DataFrame(rows)[RESULT_COLUMNS]
 
 

@@ -106,9 +106,17 @@ def test_confidence_is_the_losses_own_reference_confidence():
     assert margin == pytest.approx([-1 + 3, -2 + 1, -2 + 0.5])
     assert confidence == pytest.approx(1 / (1 + np.exp(-margin / 0.5)), rel=1e-6)
     weights = capo_loss(
-        chosen, rejected, chosen, rejected, chosen_lengths=lengths_w, rejected_lengths=lengths_l,
-        confidence="reference", tau=0.5, gamma=1.0, normalize=False,
-    ).weights  # fmt: skip
+        chosen,
+        rejected,
+        chosen,
+        rejected,
+        chosen_lengths=lengths_w,
+        rejected_lengths=lengths_l,
+        confidence="reference",
+        tau=0.5,
+        gamma=1.0,
+        normalize=False,
+    ).weights
     assert confidence == pytest.approx(weights.numpy(), rel=1e-6)
     with pytest.raises(ValueError, match="trained policy"):
         confidence_of(chosen, rejected, lengths_w, lengths_l, source="sigmoid")
@@ -173,9 +181,23 @@ def test_cli_help_documents_every_flag(capsys):
     with pytest.raises(SystemExit):
         main(["audit", "--help"])
     text = capsys.readouterr().out
-    for flag in ("--profile", "--noise", "--systematic-noise", "--data", "--column-map", "--split", "--model",
-                 "--truth", "--threshold", "--fraction", "--source", "--tau", "--batch-size",
-                 "--skip-invalid", "--out"):  # fmt: skip
+    for flag in (
+        "--profile",
+        "--noise",
+        "--systematic-noise",
+        "--data",
+        "--column-map",
+        "--split",
+        "--model",
+        "--truth",
+        "--threshold",
+        "--fraction",
+        "--source",
+        "--tau",
+        "--batch-size",
+        "--skip-invalid",
+        "--out",
+    ):
         assert flag in text, flag
 
 
@@ -269,9 +291,14 @@ def test_filter_dpo_trains_on_exactly_the_pairs_the_audit_keeps(tmp_path):
 
     audit = audit_preferences(profile="smoke", overrides={**TINY, "noise": 0.3}, progress=False)
     config = profile_config(
-        "smoke", **TINY, noise=0.3, max_steps=2, output_dir=str(tmp_path / "run"), progress="none",
+        "smoke",
+        **TINY,
+        noise=0.3,
+        max_steps=2,
+        output_dir=str(tmp_path / "run"),
+        progress="none",
         **METHODS["filter-dpo"].config_changes(),
-    )  # fmt: skip
+    )
     result = train(config)
     kept = result.components.train_dataset["pair_id"][:]
     # the cached, precomputed reference columns are what scoring the pairs afresh gives

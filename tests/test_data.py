@@ -568,11 +568,27 @@ def test_tokenize_preferences_columns(testbed, tokenizer):
 
 def _features():
     return [
-        {"prompt_input_ids": [2, 10, 11], "chosen_input_ids": [20, 1], "rejected_input_ids": [30, 31, 32, 1],
-         "language": "en", "strength": 0.5, "margin_class": "low", "flipped": False, "pair_id": "a"},
-        {"prompt_input_ids": [2, 12], "chosen_input_ids": [21, 22, 1], "rejected_input_ids": [33, 1],
-         "language": "ja", "strength": 2.0, "margin_class": "high", "flipped": True, "pair_id": "b"},
-    ]  # fmt: skip
+        {
+            "prompt_input_ids": [2, 10, 11],
+            "chosen_input_ids": [20, 1],
+            "rejected_input_ids": [30, 31, 32, 1],
+            "language": "en",
+            "strength": 0.5,
+            "margin_class": "low",
+            "flipped": False,
+            "pair_id": "a",
+        },
+        {
+            "prompt_input_ids": [2, 12],
+            "chosen_input_ids": [21, 22, 1],
+            "rejected_input_ids": [33, 1],
+            "language": "ja",
+            "strength": 2.0,
+            "margin_class": "high",
+            "flipped": True,
+            "pair_id": "b",
+        },
+    ]
 
 
 def test_collator_right_padding_exact_tensors():
@@ -602,8 +618,16 @@ def test_collator_right_padding_exact_tensors():
         and batch["flipped"] == [False, True]
         and batch["pair_id"] == ["a", "b"]
     )
-    assert set(batch) == {"input_ids", "attention_mask", "completion_mask", "strength", "language",
-                          "margin_class", "flipped", "pair_id"}  # fmt: skip
+    assert set(batch) == {
+        "input_ids",
+        "attention_mask",
+        "completion_mask",
+        "strength",
+        "language",
+        "margin_class",
+        "flipped",
+        "pair_id",
+    }
 
 
 def test_collator_left_padding_and_multiple_of(tokenizer):

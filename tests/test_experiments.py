@@ -69,10 +69,19 @@ def test_languages_add_up_to_all(grid):
 
 def test_run_grid_writes_rows_manifest_and_resumes(tmp_path, monkeypatch):
     tiny = dict(
-        languages=["en", "ru"], testbed_train=96, testbed_eval=32, max_length=48, batch_size=8,
-        sft_steps=4, max_steps=4, tiny_hidden_size=32, tiny_layers=1, tiny_vocab_size=320, progress="none",
+        languages=["en", "ru"],
+        testbed_train=96,
+        testbed_eval=32,
+        max_length=48,
+        batch_size=8,
+        sft_steps=4,
+        max_steps=4,
+        tiny_hidden_size=32,
+        tiny_layers=1,
+        tiny_vocab_size=320,
+        progress="none",
         sft_cache=False,
-    )  # fmt: skip
+    )
     run_grid(tmp_path, methods=["dpo"], seeds=[0], noises=[0.25], **tiny)  # two slices, one folder
     first_started = json.loads((tmp_path / "manifest.json").read_text())["started"]
     time.sleep(1.1)  # the stamps have whole seconds: a later slice would show a later one

@@ -23,9 +23,12 @@ def m_rewardbench(tmp_path):
 
 def test_helpsteer3_layout_orders_pairs_and_skips_ties(helpsteer3):
     dataset, report = load_preferences(
-        str(helpsteer3), split="train", config="preference", return_report=True,
+        str(helpsteer3),
+        split="train",
+        config="preference",
+        return_report=True,
         **HUB_LAYOUTS["nvidia/HelpSteer3"],
-    )  # fmt: skip
+    )
     rows = dataset.to_list()
     assert len(rows) == 8 and report.n_skipped == 2, "the ties (overall_preference 0) carry no preference"
     english, chinese, japanese, code = rows[:4]

@@ -23,8 +23,15 @@ def test_helpsteer3_folder_has_the_hub_schema_and_every_case(tmp_path):
     root = write_helpsteer3(tmp_path / "HelpSteer3")
     with gzip.open(root / "preference" / "train.jsonl.gz", "rt", encoding="utf-8") as handle:
         first = json.loads(handle.readline())
-    assert set(first) == {"domain", "language", "context", "response1", "response2",
-                          "overall_preference", "individual_preference"}  # fmt: skip
+    assert set(first) == {
+        "domain",
+        "language",
+        "context",
+        "response1",
+        "response2",
+        "overall_preference",
+        "individual_preference",
+    }
     assert set(first["individual_preference"][0]) == {"score", "reasoning", "feedback1", "feedback2"}
     preferences = [row["overall_preference"] for row in HELPSTEER3_ROWS]
     assert 0 in preferences and min(preferences) < 0 < max(preferences)
@@ -59,8 +66,15 @@ def test_mrewardbench_folder_gives_one_language_per_config(tmp_path):
     dataset = load_preferences(str(root), config=["deu_Latn", "jpn_Jpan", "arb_Arab"], split="test")
     assert dataset["language"][:] == ["de", "de", "ja", "ja", "ar", "ar"]
     assert set(mrewardbench_rows("deu_Latn")[0]) == {
-        "id", "language", "prompt", "chosen", "rejected", "chosen_model", "rejected_model", "source"
-    }  # fmt: skip
+        "id",
+        "language",
+        "prompt",
+        "chosen",
+        "rejected",
+        "chosen_model",
+        "rejected_model",
+        "source",
+    }
     assert dataset[0]["chosen"] == mrewardbench_rows("deu_Latn")[0]["chosen"]
     assert len(MREWARDBENCH_CONFIGS) >= 6
 

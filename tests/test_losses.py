@@ -102,9 +102,17 @@ def test_capo_at_gamma_one_has_the_gradient_of_a_symmetric_loss():
         policy_chosen = (margin - 20.0).requires_grad_(True)
         equal = torch.full_like(margin, -20.0)
         output = preference_loss(
-            "capo", policy_chosen, equal, equal, equal,
-            beta=1.0, gamma=1.0, tau=1.0, confidence="sigmoid", normalize=False,
-        )  # fmt: skip
+            "capo",
+            policy_chosen,
+            equal,
+            equal,
+            equal,
+            beta=1.0,
+            gamma=1.0,
+            tau=1.0,
+            confidence="sigmoid",
+            normalize=False,
+        )
         return torch.autograd.grad(output.losses.sum(), policy_chosen)[0]
 
     margin = torch.linspace(-8, 8, 33, dtype=torch.float64).requires_grad_(True)

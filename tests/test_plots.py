@@ -392,9 +392,13 @@ def test_plot_padding_fraction_draws_the_mean_per_strategy_on_a_log2_axis():
             grouped = LengthGroupedBatchSampler(lengths, batch_size, seed=seed).batches()
             for name, batches in (("random", random_batches), ("length-grouped", grouped)):
                 rows.append(
-                    {"batching": name, "batch_size": batch_size, "seed": seed,
-                     "padding": padding_fraction(batches, lengths)}
-                )  # fmt: skip
+                    {
+                        "batching": name,
+                        "batch_size": batch_size,
+                        "seed": seed,
+                        "padding": padding_fraction(batches, lengths),
+                    }
+                )
     results = pd.DataFrame(rows)
     fig = plots.plot_padding_fraction(results)
     ax = fig.axes[0]
@@ -418,9 +422,15 @@ def weight_history():
     for method, spread in [("dpo", 0.0), ("capo", 0.5)]:
         for step in range(10, 60, 10):
             rows.append(
-                {"method": method, "stage": "preference", "step": step, "weights/mean": 1.0,
-                 "weights/min": 1.0 - spread, "weights/max": 1.0 + spread + step / 100}
-            )  # fmt: skip
+                {
+                    "method": method,
+                    "stage": "preference",
+                    "step": step,
+                    "weights/mean": 1.0,
+                    "weights/min": 1.0 - spread,
+                    "weights/max": 1.0 + spread + step / 100,
+                }
+            )
         rows.append({"method": method, "stage": "preference", "step": 50, "eval_rewards/accuracies": 0.7})
     return pd.DataFrame(rows)
 
@@ -514,9 +524,16 @@ def grid_rows(methods=("dpo", "capo"), seeds=(0, 1, 2), noises=(0.0, 0.2), langu
                         0.9 - noise / 2 + 0.01 * seed + 0.02 * index + (0.03 if method == "capo" else 0)
                     )
                     rows.append(
-                        {"method": method, "seed": seed, "noise": noise, "language": language,
-                         "margin_class": "all", "accuracy": accuracy, "margin": 10 * accuracy}
-                    )  # fmt: skip
+                        {
+                            "method": method,
+                            "seed": seed,
+                            "noise": noise,
+                            "language": language,
+                            "margin_class": "all",
+                            "accuracy": accuracy,
+                            "margin": 10 * accuracy,
+                        }
+                    )
     return pd.DataFrame(rows)
 
 

@@ -23,14 +23,30 @@ from capo_tutorial.training import train
 COMMITTED = Path(__file__).resolve().parent / "data" / "short_run_logps.csv"
 # The smoke profile, shrunk: 2 languages, a 1-layer model, 12 SFT and 16 preference steps, 20% flipped.
 SHORT_RUN = dict(
-    languages=["en", "ru"], testbed_train=160, testbed_eval=48, max_length=48, batch_size=8,
-    sft_steps=12, max_steps=16, tiny_hidden_size=32, tiny_layers=1, tiny_vocab_size=320,
-    eval_batch_size=48, log_every=4, progress="none", sft_cache=False, noise=0.2, seed=0,
-)  # fmt: skip
+    languages=["en", "ru"],
+    testbed_train=160,
+    testbed_eval=48,
+    max_length=48,
+    batch_size=8,
+    sft_steps=12,
+    max_steps=16,
+    tiny_hidden_size=32,
+    tiny_layers=1,
+    tiny_vocab_size=320,
+    eval_batch_size=48,
+    log_every=4,
+    progress="none",
+    sft_cache=False,
+    noise=0.2,
+    seed=0,
+)
 METHODS = {"dpo": ("dpo", {}), "capo": ("capo", {"gamma": 1.0, "confidence": "reference", "tau": 0.25})}
 COLUMNS = [
-    "policy_chosen_logps", "policy_rejected_logps", "reference_chosen_logps", "reference_rejected_logps",
-]  # fmt: skip
+    "policy_chosen_logps",
+    "policy_rejected_logps",
+    "reference_chosen_logps",
+    "reference_rejected_logps",
+]
 # Measured: 1 and 2 BLAS threads differ by at most 1.8e-7 relative (2e-5 nats) on these pairs; RTOL sits
 # 500 times above that, and far below what a changed loss, data order or learning rate moves.
 RTOL = 1e-4

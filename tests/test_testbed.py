@@ -55,8 +55,17 @@ def test_default_sizes_languages_and_scripts(clean):
         and scripts["ko"] == "Kore"
     )
     assert len(set(scripts.values())) == 10 and sorted(set(scripts.values())) == [
-        "Arab", "Beng", "Cyrl", "Ethi", "Hebr", "Jpan", "Kore", "Latn", "Telu", "Thai",
-    ]  # fmt: skip
+        "Arab",
+        "Beng",
+        "Cyrl",
+        "Ethi",
+        "Hebr",
+        "Jpan",
+        "Kore",
+        "Latn",
+        "Telu",
+        "Thai",
+    ]
     counts = train["language"].value_counts()
     assert counts.max() - counts.min() <= 1  # languages share rows equally
 

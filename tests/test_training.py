@@ -148,10 +148,27 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_p
 def test_two_processes_train_data_parallel(tmp_path):
     output = tmp_path / "ddp"
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "-m", "capo_tutorial.cli", "train", "--profile", "smoke", *flags(TINY), "--output-dir", str(output),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "capo_tutorial.cli",
+        "train",
+        "--profile",
+        "smoke",
+        *flags(TINY),
+        "--output-dir",
+        str(output),
+    ]
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
     completed = subprocess.run(command, env=environment, capture_output=True, text=True)
     assert completed.returncode == 0, completed.stderr[-3000:]

@@ -124,9 +124,12 @@ def _decode_whole(data: bytes, path: Path) -> str:
     except UnicodeDecodeError as error:
         line = data.count(b"\n", 0, error.start) + 1
         raise _file_error(
-            f"is not valid UTF-8 (byte {data[error.start]:#04x})", "Re-save the file as UTF-8.", str(path),
-            "undecodable_bytes", line,
-        ) from None  # fmt: skip
+            f"is not valid UTF-8 (byte {data[error.start]:#04x})",
+            "Re-save the file as UTF-8.",
+            str(path),
+            "undecodable_bytes",
+            line,
+        ) from None
 
 
 def _read_json(path: Path) -> list[_RawRow]:
@@ -198,9 +201,11 @@ def _load_hub(source: str, split: str, config: str | None, hub_kwargs: Mapping[s
         offline = datasets.config.HF_HUB_OFFLINE
         hint = " HF_HUB_OFFLINE is set: only data sets already in the local cache load." if offline else ""
         raise PreferenceDataError(
-            f"could not be loaded ({error})", reason="not_found", source=source,
+            f"could not be loaded ({error})",
+            reason="not_found",
+            source=source,
             fix="Check the path or hub id, config and split." + hint,
-        ) from error  # fmt: skip
+        ) from error
     except ValueError as error:  # unknown split or config: datasets lists the available ones
         raise PreferenceDataError(
             f"could not be loaded with config={config!r}, split={split!r} ({error})",
@@ -220,9 +225,11 @@ def _read_source(
     if isinstance(source, datasets.DatasetDict):
         if split not in source:
             raise PreferenceDataError(
-                f"has no split {split!r}", reason="bad_split_or_config", source="DatasetDict",
+                f"has no split {split!r}",
+                reason="bad_split_or_config",
+                source="DatasetDict",
                 fix=f"Pass split= one of {list(source)}.",
-            )  # fmt: skip
+            )
         source = source[split]
     if isinstance(source, datasets.Dataset):
         return _dataset_rows(source), "Dataset"
@@ -242,14 +249,18 @@ def _read_source(
             records = pq.read_table(path).to_pylist()
             return [_RawRow(i, None, record) for i, record in enumerate(records)], str(path)
         raise PreferenceDataError(
-            f"has an unsupported file type {path.suffix!r}", reason="unsupported_file", source=name,
+            f"has an unsupported file type {path.suffix!r}",
+            reason="unsupported_file",
+            source=name,
             fix=f"Use one of {', '.join(_FILE_SUFFIXES)}, or load it into a datasets.Dataset first.",
-        )  # fmt: skip
+        )
     if not path.exists() and _looks_like_path(name):
         raise PreferenceDataError(
-            "does not exist", reason="not_found", source=name,
+            "does not exist",
+            reason="not_found",
+            source=name,
             fix=f"Check the path (relative paths start at {Path.cwd()}).",
-        )  # fmt: skip
+        )
     if path.is_dir() and not any(path.iterdir()):
         raise PreferenceDataError(
             "is an empty folder", reason="empty_file", source=name, fix="Add data files."
@@ -317,8 +328,13 @@ def _default_language(
         try:
             return normalize_language(language)
         except PreferenceDataError as error:
-            raise PreferenceDataError(error.what, reason=error.reason, field="language", source=name,
-                                      fix="Fix the language= argument.") from None  # fmt: skip
+            raise PreferenceDataError(
+                error.what,
+                reason=error.reason,
+                field="language",
+                source=name,
+                fix="Fix the language= argument.",
+            ) from None
     has_column = "language" in column_map or any(r.data is not None and "language" in r.data for r in rows)
     if not has_column and not any(_config_language(r.config) for r in rows):
         raise PreferenceDataError(

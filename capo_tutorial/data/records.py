@@ -305,8 +305,11 @@ def _normalise_texts(record: dict[str, Any], tokenizer: Any) -> dict[str, Any]:
                     "is missing and chosen/rejected share no leading text to take it from",
                     "Add a prompt column or map one with column_map={'prompt': '<column>'}.",
                 )
-        return {"prompt": _check_text("prompt", prompt), "chosen": _check_text("chosen", chosen),
-                "rejected": _check_text("rejected", rejected)}  # fmt: skip
+        return {
+            "prompt": _check_text("prompt", prompt),
+            "chosen": _check_text("chosen", chosen),
+            "rejected": _check_text("rejected", rejected),
+        }
     return _normalise_conversation(prompt, chosen, rejected, "prompt" in record, tokenizer)
 
 
@@ -343,8 +346,14 @@ def _normalise_conversation(prompt: Any, chosen: Any, rejected: Any, explicit: b
     _check_role_order(prompt, rejected, "rejected")
     prompt_text, chosen_text = render_conversation(prompt, chosen, tokenizer)
     _, rejected_text = render_conversation(prompt, rejected, tokenizer)
-    return {"prompt": prompt_text, "chosen": chosen_text, "rejected": rejected_text,
-            "prompt_messages": prompt, "chosen_messages": chosen, "rejected_messages": rejected}  # fmt: skip
+    return {
+        "prompt": prompt_text,
+        "chosen": chosen_text,
+        "rejected": rejected_text,
+        "prompt_messages": prompt,
+        "chosen_messages": chosen,
+        "rejected_messages": rejected,
+    }
 
 
 def _normalise_record(record: dict[str, Any], language: str | None, tokenizer: Any) -> dict[str, Any]:

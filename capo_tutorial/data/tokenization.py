@@ -142,8 +142,13 @@ def tokenize_pair(
     p, c, r, n_prefix = _tokenize_texts([prompt], [chosen], [rejected], tokenizer)
     _check_limits(limits, n_prefix)
     p, c, r, prompt_cut, completion_cut = _truncate(p[0], c[0], r[0], limits, n_prefix)
-    return {"prompt_input_ids": p, "chosen_input_ids": c, "rejected_input_ids": r,
-            "prompt_truncated": prompt_cut, "completion_truncated": completion_cut}  # fmt: skip
+    return {
+        "prompt_input_ids": p,
+        "chosen_input_ids": c,
+        "rejected_input_ids": r,
+        "prompt_truncated": prompt_cut,
+        "completion_truncated": completion_cut,
+    }
 
 
 def _rendered_texts(dataset: datasets.Dataset, tokenizer: Any) -> tuple[list[str], list[str], list[str]]:
@@ -213,9 +218,12 @@ def tokenize_preferences(
     if report.rows_truncated:
         logger.warning(
             "tokenize_preferences: truncated %d of %d rows (prompt %d, completion %d; first rows %s)",
-            report.rows_truncated, report.n_rows, report.prompt_truncated, report.completion_truncated,
+            report.rows_truncated,
+            report.n_rows,
+            report.prompt_truncated,
+            report.completion_truncated,
             report.truncated_rows,
-        )  # fmt: skip
+        )
     dropped = set() if keep_text else {*TEXT_FIELDS, *MESSAGE_FIELDS}
     kept = dataset.remove_columns([c for c in dataset.column_names if c in dropped or c in TOKEN_FIELDS])
     token_feature = datasets.Sequence(datasets.Value("int32"))

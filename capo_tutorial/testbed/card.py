@@ -121,8 +121,10 @@ def write_testbed(out_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
 
 
 def _jsonable(kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else (dict(v) if isinstance(v, Mapping) else v)
-            for k, v in sorted(kwargs.items())}  # fmt: skip
+    return {
+        k: list(v) if isinstance(v, tuple) else (dict(v) if isinstance(v, Mapping) else v)
+        for k, v in sorted(kwargs.items())
+    }
 
 
 # ----------------------------------------------------------------------------------------------

@@ -17,9 +17,17 @@ __all__ = ["ALL_LANGUAGES", "DEFAULT_LANGUAGES", "RESOURCE_TIERS", "SOURCES", "s
 
 # Every language has number words in num2words and dates/months/weekdays in CLDR (via babel).
 ALL_LANGUAGES: tuple[str, ...] = (
-    "en", "es", "de", "fr", "tr", "vi", "id",  # Latin
-    "ru", "uk",  # Cyrillic
-    "ar", "fa",  # Arabic
+    "en",
+    "es",
+    "de",
+    "fr",
+    "tr",
+    "vi",
+    "id",  # Latin
+    "ru",
+    "uk",  # Cyrillic
+    "ar",
+    "fa",  # Arabic
     "he",  # Hebrew
     "th",  # Thai
     "ja",  # Han + Kana
@@ -27,17 +35,32 @@ ALL_LANGUAGES: tuple[str, ...] = (
     "bn",  # Bengali
     "te",  # Telugu
     "am",  # Ethiopic
-)  # fmt: skip
+)
 DEFAULT_LANGUAGES: tuple[str, ...] = ALL_LANGUAGES
 
 # Resource level, roughly after the classes of Joshi et al. (2020), "The State and Fate of Linguistic
 # Diversity": 1 = high (many annotators and tools), 2 = mid, 3 = low. Translated or crowd-sourced
 # preference labels are noisier where fewer fluent annotators exist; the default schedule follows it.
 RESOURCE_TIERS: dict[str, int] = {
-    "en": 1, "es": 1, "de": 1, "fr": 1, "ja": 1, "ru": 1,
-    "ar": 2, "ko": 2, "tr": 2, "vi": 2, "fa": 2, "id": 2, "uk": 2, "he": 2, "th": 2,
-    "bn": 3, "te": 3, "am": 3,
-}  # fmt: skip
+    "en": 1,
+    "es": 1,
+    "de": 1,
+    "fr": 1,
+    "ja": 1,
+    "ru": 1,
+    "ar": 2,
+    "ko": 2,
+    "tr": 2,
+    "vi": 2,
+    "fa": 2,
+    "id": 2,
+    "uk": 2,
+    "he": 2,
+    "th": 2,
+    "bn": 3,
+    "te": 3,
+    "am": 3,
+}
 
 
 SOURCES: tuple[dict[str, str], ...] = (
