@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from capo_tutorial.config import profile_config
-from capo_tutorial.plan import KNOWN_SHAPES, card_from_memory, plan_run
+from capo_tutorial.plan import KNOWN_SHAPES, card_from_memory, model_shape, plan_run, step_flops
 from capo_tutorial.stand_ins import save_qwen2_stand_in
 from capo_tutorial.training import train
 
@@ -91,6 +91,10 @@ def run_once(name: str, config, card) -> dict:
         "final_loss": float(steps["loss"].dropna().iloc[-1]),
     }
     row["measured_over_planned"] = round(row["measured_peak_gib"] / row["planned_peak_gib"], 3)
+    # every row reaches max_length, so the step's work is the plan's count at a fill of 1
+    row["achieved_tflops"] = round(
+        step_flops(model_shape(config), config, fill=1.0) / 1e12 / row["seconds_per_step"], 2
+    )
     print(json.dumps(row), flush=True)
     del result
     return row
@@ -155,7 +159,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name, changes in runs.items():
         config = profile_config("gpu", card=card, **{**common, **changes, "output_dir": str(work / name[:4])})
-        rows.append(run_once(name, config, card))
+        try:
+            rows.append(run_once(name, config, card))
+        except torch.OutOfMemoryError as error:  # a finding, not a crash: keep the other runs' rows
+            rows.append({"run": name, "out_of_memory": str(error).split(". ")[0]})
+            print(json.dumps(rows[-1]), flush=True)
     report = {
         "command": "python benchmarks/gpu_profile_check.py --cap-gib "
         f"{arguments.cap_gib:g} --steps {arguments.steps}",

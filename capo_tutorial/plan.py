@@ -54,6 +54,7 @@ __all__ = [
     "fit_to_card",
     "model_shape",
     "plan_run",
+    "step_flops",
 ]
 
 GIB = 2**30
@@ -304,12 +305,22 @@ def _flops_per_token(shape: ModelShape, length: float) -> float:
     return 2 * shape.parameters + 4 * length * shape.hidden * shape.layers
 
 
-def _step_seconds(shape: ModelShape, config: RunConfig, card: Card) -> float:
+def step_flops(shape: ModelShape, config: RunConfig, fill: float = MEAN_FILL) -> float:
+    """Floating-point operations of one optimizer step whose rows fill ``fill`` x max_length tokens.
+
+    Counts the policy's forward and backward (one backward pass with LoRA, two without), the
+    recomputed forward under gradient checkpointing, and the reference's forward unless it is
+    precomputed; both sides of every pair.
+    """
     passes = 1 + (1 if config.lora_r else 2) + (1 if config.gradient_checkpointing else 0)
     passes += 0 if config.reference == "precomputed" else 1
-    length = MEAN_FILL * config.max_length
+    length = fill * config.max_length
     tokens = 2 * config.batch_size * config.gradient_accumulation_steps * length
-    return passes * tokens * _flops_per_token(shape, length) / (card.tflops * 1e12 * UTILISATION)
+    return passes * tokens * _flops_per_token(shape, length)
+
+
+def _step_seconds(shape: ModelShape, config: RunConfig, card: Card) -> float:
+    return step_flops(shape, config) / (card.tflops * 1e12 * UTILISATION)
 
 
 def _run_minutes(shape: ModelShape, config: RunConfig, card: Card, step_seconds: float) -> float:

@@ -214,6 +214,7 @@ def _run_stage(run: _Run, stage: str, progress: _Progress, resume_from: Path | N
     step_weights = _StepWeights()
     start = time.perf_counter()
     logger.start(stage, total_steps, progress.step)
+    prepared_model.train()  # from_pretrained leaves eval mode, in which checkpointing and dropout are off
     for batch in _batches(components, config, accelerator, progress):
         with accelerator.accumulate(prepared_model):
             metrics = step_function(prepared_model, batch, config, components, accelerator)
@@ -241,6 +242,7 @@ def _run_stage(run: _Run, stage: str, progress: _Progress, resume_from: Path | N
         periodic = config.eval_every and progress.step % config.eval_every == 0
         if periodic and stage == "preference" and progress.step < total_steps:  # the end has its own
             logger.log_evaluation(score_run(config, components, accelerator), progress)
+            prepared_model.train()
         if progress.step >= total_steps:
             break
     logger.finish()
@@ -518,8 +520,13 @@ class _Logger:
             self.bar = tqdm(total=total, initial=done, desc=stage, dynamic_ncols=True)
 
     def record(self, metrics: dict[str, Tensor], progress: _Progress, learning_rate: float) -> None:
+        device = self.accelerator.device  # counts such as "skipped" arrive as Python numbers
         for key, value in metrics.items():
-            value = value.detach().float() if isinstance(value, Tensor) else torch.tensor(float(value))
+            value = (
+                value.detach().float().to(device)
+                if isinstance(value, Tensor)
+                else torch.tensor(float(value), device=device)
+            )
             self.sums[key] = self.sums.get(key, 0) + value
             self.counts[key] = self.counts.get(key, 0) + 1
         self.steps += 1

@@ -228,3 +228,27 @@ def test_chunked_lm_head_gives_the_same_log_probs_and_gradients(sources, monkeyp
     for expected, actual in zip(whole, chunked):
         torch.testing.assert_close(actual, expected)
     torch.testing.assert_close(chunked_grads, whole_grads, atol=1e-6, rtol=1e-5)
+
+
+def test_training_runs_in_training_mode_and_checkpoints_every_layer(gpu_config, monkeypatch):
+    """A model from from_pretrained starts in eval mode, and evaluation leaves it there; training must
+    switch it back, or gradient checkpointing (and dropout) silently do nothing. With checkpointing,
+    each layer's MLP runs twice per training forward: once, and once more in the backward pass."""
+    from transformers.models.qwen2 import modeling_qwen2
+
+    calls = []
+    forward = modeling_qwen2.Qwen2MLP.forward  # inside the checkpointed layer (which must stay unpatched)
+
+    def recording_forward(mlp, *args, **kwargs):
+        if torch.is_grad_enabled():  # a training forward, or its recomputation in the backward pass
+            calls.append(mlp.training)
+        return forward(mlp, *args, **kwargs)
+
+    monkeypatch.setattr(modeling_qwen2.Qwen2MLP, "forward", recording_forward)
+    counts = {}
+    for checkpointing in (False, True):
+        calls.clear()
+        train(gpu_config(gradient_checkpointing=checkpointing, save_every=0))  # evaluates at step 2
+        assert calls and all(calls), "a training forward ran in eval mode"
+        counts[checkpointing] = len(calls)
+    assert counts[True] == 2 * counts[False]
