@@ -7,7 +7,12 @@ margin class, plus "all" rows) carry what chapters 5 and 6 plot::
     language, margin_class, n, accuracy, margin, ece,
     flipped_memorised (share of flipped training pairs the policy ranks the noisy way),
     reference_accuracy (the reference model's own per-token ranking of the same pairs),
-    steps, seconds
+    steps, seconds,
+    likelihood_accuracy (the trained policy's own per-token ranking: the same rule as
+    reference_accuracy, so policy and reference are compared on one scale)
+
+``accuracy`` scores a policy by its implicit reward (beta log pi/pi_ref; SimPO: its per-token
+likelihood, so for SimPO the two accuracies coincide).
 
 :func:`run_grid` appends rows to ``results.csv`` run by run (an interrupted grid resumes where it
 stopped) and writes ``manifest.json`` with the exact command, commit, profile and versions.
@@ -83,7 +88,7 @@ METHODS: dict[str, Method] = {
 RESULT_COLUMNS = [
     *("method", "loss", "params", "seed", "noise", "systematic", "profile", "eval_split"),
     *("language", "margin_class", "n", "accuracy", "margin", "ece"),
-    *("flipped_memorised", "reference_accuracy", "steps", "seconds"),
+    *("flipped_memorised", "reference_accuracy", "steps", "seconds", "likelihood_accuracy"),
 ]
 
 
@@ -133,7 +138,13 @@ def summarise_run(result: TrainResult, method: Method, *, profile: str) -> pd.Da
     # A reference-free loss (SimPO) runs without reference log-probs: the column does not apply.
     reference_free = not LOSSES[config.loss].needs_reference
     reference_correct = float("nan") if reference_free else reference_margin > 0
-    predictions = predictions.assign(reference_correct=reference_correct)
+    policy_margin = (
+        predictions.policy_chosen_logps / predictions.chosen_length
+        - predictions.policy_rejected_logps / predictions.rejected_length
+    )
+    predictions = predictions.assign(
+        reference_correct=reference_correct, likelihood_correct=policy_margin > 0
+    )
     shared = {
         "method": method.name,
         "loss": config.loss,
@@ -148,7 +159,13 @@ def summarise_run(result: TrainResult, method: Method, *, profile: str) -> pd.Da
         "seconds": round(sum(result.seconds.values()), 2),
     }
     rows = [
-        {**shared, **keys, **pair_summary(cell), "reference_accuracy": float(cell.reference_correct.mean())}
+        {
+            **shared,
+            **keys,
+            **pair_summary(cell),
+            "reference_accuracy": float(cell.reference_correct.mean()),
+            "likelihood_accuracy": float(cell.likelihood_correct.mean()),
+        }
         for keys, cell in pair_cells(predictions, ("language", "margin_class"))
     ]
     return pd.DataFrame(rows)[RESULT_COLUMNS]
@@ -210,6 +227,13 @@ def _append_rows(rows: pd.DataFrame, results_path: Path) -> None:
 
             fcntl.flock(lock, fcntl.LOCK_EX)
         header = not results_path.exists() or results_path.stat().st_size == 0
+        if not header:
+            existing = list(pd.read_csv(results_path, nrows=0).columns)
+            if existing != list(rows.columns):
+                raise ValueError(
+                    f"{results_path} has the columns {existing}, this version of the package writes "
+                    f"{list(rows.columns)}: start the grid in a new folder (--out), or rerun it whole"
+                )
         rows.to_csv(results_path, mode="a", header=header, index=False)
 
 

@@ -36,6 +36,17 @@ def _sweep_methods() -> list[Method]:
     return methods
 
 
+# How the experiment regime was chosen (validation split, sweep seed 100, never a reported seed):
+# fewer pairs and more epochs, so that preference learning moves the policy well past the warmed-up
+# reference and flipped pairs can be memorised. SFT keeps two epochs over the pairs in every candidate.
+REGIME_CANDIDATES = {
+    "12k-2ep": dict(testbed_train=12000, sft_steps=1500, max_steps=1500),
+    "6k-2ep": dict(testbed_train=6000, sft_steps=750, max_steps=750),
+    "6k-4ep": dict(testbed_train=6000, sft_steps=750, max_steps=1500),
+    "3k-4ep": dict(testbed_train=3000, sft_steps=375, max_steps=750),
+}
+SWEEP_SEEDS = [100, 101]  # disjoint from the reported seeds 0-4
+
 GRIDS = {
     "sweep": dict(
         methods=_sweep_methods,
@@ -67,6 +78,14 @@ GRIDS = {
         overrides={},
     ),
 }
+for _name, _changes in REGIME_CANDIDATES.items():
+    GRIDS[f"regime/{_name}"] = dict(
+        methods=lambda: ["dpo"],
+        seeds=SWEEP_SEEDS[:1],
+        noises=[0.0, 0.4],
+        profile="smoke",
+        overrides={"eval_split": "validation", **_changes},
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,6 +40,7 @@ def fake_results(accuracy=None, methods=("dpo", "capo"), seeds=(0, 1, 2), noises
                             "reference_accuracy": 0.7,
                             "steps": 300,
                             "seconds": 10.0,
+                            "likelihood_accuracy": value - 0.05,
                         }
                     )
     return pd.DataFrame(rows)[RESULT_COLUMNS]
