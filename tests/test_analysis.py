@@ -160,8 +160,27 @@ def test_improvement_over_baseline_reads_both_ways():
     assert row["relative_percent"] == pytest.approx(100 * (0.61 / 0.51 - 1))
     assert (row["wins"], row["seeds"]) == (3, 3)
     assert row["difference_std"] == pytest.approx(0.0, abs=1e-9)
+    assert row["ci_low"] == pytest.approx(10.0) and row["ci_high"] == pytest.approx(10.0)  # no spread
+    assert row["error_reduction_percent"] == pytest.approx(100 * (0.61 - 0.51) / (1 - 0.51))
     with pytest.raises(ValueError, match="method"):
         analysis.improvement_over_baseline(fake_results(), by=("noise",))
+
+
+@pytest.mark.parametrize(
+    "dof, quantile",  # t_{0.975} from printed tables
+    [(1, 12.7062), (2, 4.3027), (4, 2.7764), (9, 2.2622), (30, 2.0423)],
+)
+def test_t_quantile_matches_the_tables(dof, quantile):
+    assert analysis._t_quantile(0.975, dof) == pytest.approx(quantile, abs=1e-4)
+
+
+def test_paired_interval_is_the_student_t_interval():
+    differences = np.array([0.01, 0.03, 0.02, 0.05, 0.04, np.nan])  # the NaN is dropped
+    mean, low, high = analysis.paired_interval(differences)
+    half = 2.7764 * np.std(differences[:5], ddof=1) / np.sqrt(5)
+    assert mean == pytest.approx(0.03)
+    assert (low, high) == (pytest.approx(0.03 - half, abs=1e-5), pytest.approx(0.03 + half, abs=1e-5))
+    assert np.isnan(analysis.paired_interval([0.02])[1])  # one seed: no interval
 
 
 def test_rank_variants_averages_noise_levels_equally():
