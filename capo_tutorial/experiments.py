@@ -21,6 +21,7 @@ stopped) and writes ``manifest.json`` with the exact command, commit, profile an
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import platform
 import subprocess
@@ -43,7 +44,18 @@ from capo_tutorial.losses import CAPO_DEFAULTS, LOSSES
 from capo_tutorial.metrics import pair_cells, pair_summary
 from capo_tutorial.training import TrainResult, train
 
-__all__ = ["METHODS", "RESULT_COLUMNS", "Method", "grid_runs", "run_grid", "run_one", "summarise_run"]
+__all__ = [
+    "METHODS",
+    "RESULT_COLUMNS",
+    "TRUE_NOISE_RATE",
+    "TUNING",
+    "Method",
+    "grid_runs",
+    "run_grid",
+    "run_one",
+    "summarise_run",
+    "tuned_methods",
+]
 
 
 @dataclass(frozen=True)
@@ -57,11 +69,24 @@ class Method:
     beta: float | None = None
     config: dict[str, Any] = field(default_factory=dict)
 
-    def config_changes(self) -> dict[str, Any]:
-        changes: dict[str, Any] = {**self.config, "loss": self.loss, "loss_params": dict(self.params)}
+    @property
+    def family(self) -> str:
+        """The method a tuning variant belongs to: "cdpo" for "cdpo[label_smoothing=0.2]"."""
+        return self.name.split("[")[0]
+
+    def config_changes(self, noise: float | None = None) -> dict[str, Any]:
+        """RunConfig changes; a parameter set to :data:`TRUE_NOISE_RATE` becomes ``noise``."""
+        params = {k: (noise if v == TRUE_NOISE_RATE else v) for k, v in self.params.items()}
+        if noise is None and TRUE_NOISE_RATE in self.params.values():
+            raise ValueError(f"{self.name} takes the cell's noise rate: pass noise=")
+        changes: dict[str, Any] = {**self.config, "loss": self.loss, "loss_params": params}
         if self.beta is not None:
             changes["beta"] = self.beta
         return changes
+
+
+TRUE_NOISE_RATE = "true-noise"
+"""A parameter value that stands for the cell's flip rate: cDPO and robust DPO told the truth."""
 
 
 # The methods of the experiments. "capo" is CAPO_DEFAULTS, the variant the sweep grid chose on the
@@ -85,6 +110,76 @@ METHODS: dict[str, Method] = {
     ]
 }
 
+
+def _variants(family: str, base: Method, **grid: list[Any]) -> list[Method]:
+    """One Method per value of the single knob in ``grid`` (a loss parameter, ``beta``, or a RunConfig
+    field in ``base.config``), named ``family[knob=value]``."""
+    ((knob, values),) = grid.items()
+    variants = []
+    for value in values:
+        name = f"{family}[{knob}={value}]"
+        if knob == "beta":
+            variants.append(dataclasses.replace(base, name=name, beta=value))
+        elif knob in base.config:
+            variants.append(dataclasses.replace(base, name=name, config={**base.config, knob: value}))
+        else:
+            variants.append(dataclasses.replace(base, name=name, params={**base.params, knob: value}))
+    return variants
+
+
+# Every method's tuning budget: four settings of its own knob, compared on the validation split with
+# sweep seeds that are never reported (experiments/run_grid.py's "tune" grid); the first setting of
+# each is the one the method was run with before tuning. tuned_methods() picks each family's best.
+TUNING: dict[str, list[Method]] = {
+    "dpo": _variants("dpo", METHODS["dpo"], beta=[0.1, 0.05, 0.2, 0.5]),
+    "cdpo": _variants("cdpo", METHODS["cdpo"], label_smoothing=[0.1, 0.2, 0.3, TRUE_NOISE_RATE]),
+    "rdpo": _variants("rdpo", METHODS["rdpo"], label_smoothing=[0.1, 0.2, 0.3, TRUE_NOISE_RATE]),
+    "ipo": _variants("ipo", METHODS["ipo"], beta=[0.5, 0.1, 0.25, 1.0]),
+    "hinge": _variants("hinge", METHODS["hinge"], beta=[0.1, 0.05, 0.2, 0.5]),
+    "simpo": _variants("simpo", METHODS["simpo"], target_margin=[0.5, 0.0, 1.0, 2.0]),
+    "capo": _variants("capo", METHODS["capo"], tau=[0.25, 0.1, 0.5, 1.0]),
+    "capo-sigmoid": _variants("capo-sigmoid", METHODS["capo-sigmoid"], tau=[1.0, 0.5, 2.0, 4.0]),
+    "filter-dpo": [
+        dataclasses.replace(
+            METHODS["filter-dpo"],
+            name=f"filter-dpo[{rule}={value}]",
+            config={"drop_suspect_pairs": {rule: value}},
+        )
+        for rule, value in [("threshold", 0.5), ("threshold", 0.3), ("threshold", 0.7), ("fraction", 0.2)]
+    ],
+}
+
+
+def tuned_methods(results: pd.DataFrame) -> dict[str, Method]:
+    """Each family's best setting in a tuning grid's results, renamed to the family.
+
+    The rule, the same for every method: the best mean validation reward accuracy over the grid's
+    noise levels, seeds averaged first (:func:`capo_tutorial.analysis.rank_variants`); a tie goes to
+    the setting listed first in :data:`TUNING`.
+
+    Args:
+        results: tidy rows of the tuning grid (eval_split "validation").
+
+    Returns:
+        {family: Method}, for the families with results.
+    """
+    from capo_tutorial.analysis import rank_variants, select
+
+    if set(results.eval_split) != {"validation"}:
+        raise ValueError(f"tune on the validation split only; these results hold {set(results.eval_split)}")
+    overall = select(results)
+    chosen = {}
+    for family, variants in TUNING.items():
+        names = [m.name for m in variants]
+        rows = overall[overall.method.isin(names)]
+        if rows.empty:
+            continue
+        ranked = rank_variants(rows)
+        best = max(ranked.index, key=lambda name: (ranked.loc[name, "mean"], -names.index(name)))
+        chosen[family] = dataclasses.replace(variants[names.index(best)], name=family)
+    return chosen
+
+
 RESULT_COLUMNS = [
     *("method", "loss", "params", "seed", "noise", "systematic", "profile", "eval_split"),
     *("language", "margin_class", "n", "accuracy", "margin", "ece"),
@@ -101,7 +196,7 @@ def run_one(
         seed=seed,
         noise=noise,
         output_dir=str(output_dir),
-        **{**method.config_changes(), **overrides},
+        **{**method.config_changes(noise), **overrides},
     )
     result = train(config)
     return summarise_run(result, method, profile=profile), result

@@ -8,7 +8,16 @@ import pandas as pd
 import pytest
 
 from capo_tutorial.analysis import select
-from capo_tutorial.experiments import METHODS, RESULT_COLUMNS, run_grid, run_one
+from capo_tutorial.config import profile_config
+from capo_tutorial.experiments import (
+    METHODS,
+    RESULT_COLUMNS,
+    TRUE_NOISE_RATE,
+    TUNING,
+    run_grid,
+    run_one,
+    tuned_methods,
+)
 from capo_tutorial.losses import LOSSES
 
 RESULTS = Path(__file__).resolve().parent.parent / "experiments" / "results"
@@ -124,3 +133,39 @@ def test_a_committed_scale1_slice_recomputes(tmp_path, method):
     assert now.n == row.n
     for column, tolerance in RECOMPUTE_TOLERANCE.items():
         assert now[column] == pytest.approx(row[column], abs=tolerance), (column, now[column], row[column])
+
+
+def test_every_method_gets_the_same_tuning_budget():
+    assert set(TUNING) == set(METHODS)
+    assert {len(variants) for variants in TUNING.values()} == {4}
+    for family, variants in TUNING.items():
+        assert {m.family for m in variants} == {family}
+        assert len({m.name for m in variants}) == 4
+        untuned = profile_config("smoke", **METHODS[family].config_changes(0.2))
+        assert profile_config("smoke", **variants[0].config_changes(0.2)) == untuned, "first = untuned"
+
+
+def test_the_true_noise_rate_becomes_the_cells_rate():
+    told = next(m for m in TUNING["rdpo"] if TRUE_NOISE_RATE in m.params.values())
+    assert told.config_changes(0.4)["loss_params"] == {"label_smoothing": 0.4}
+    with pytest.raises(ValueError, match="noise"):
+        told.config_changes()
+
+
+def test_tuned_methods_pick_each_familys_best_mean_over_noise_levels():
+    rows = []
+    accuracies = {"dpo[beta=0.1]": (0.80, 0.60), "dpo[beta=0.05]": (0.82, 0.62), "dpo[beta=0.2]": (0.9, 0.4)}
+    accuracies |= {"capo[tau=0.25]": (0.8, 0.7), "capo[tau=0.5]": (0.8, 0.7)}  # a tie: the first listed
+    for method, by_noise in accuracies.items():
+        for seed in (100, 101):
+            for noise, accuracy in zip((0.2, 0.4), by_noise, strict=True):
+                rows.append(
+                    dict(method=method, seed=seed, noise=noise, accuracy=accuracy + 0.01 * (seed - 100))
+                )
+    frame = pd.DataFrame(rows).assign(language="all", margin_class="all", eval_split="validation")
+    chosen = tuned_methods(frame)
+    assert set(chosen) == {"dpo", "capo"}
+    assert chosen["dpo"].name == "dpo" and chosen["dpo"].beta == 0.05
+    assert chosen["capo"].params["tau"] == 0.25
+    with pytest.raises(ValueError, match="validation"):
+        tuned_methods(frame.assign(eval_split="test"))
