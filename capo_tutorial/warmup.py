@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = ["SFT_FIELDS", "hash_tokens", "reference_weights_path", "sft_step", "warmup_key"]
 
-_SFT_CACHE_FORMAT = 2  # bump when the SFT stage's computation changes (2: left padding)
+_SFT_CACHE_FORMAT = 3  # bump when the SFT stage's computation changes (2: left padding, 3: fused AdamW)
 
 # Fields that decide what the SFT warm-up produces: equal values give identical warmed-up weights.
 SFT_FIELDS = (
