@@ -32,7 +32,7 @@ from capo_tutorial.models import (
     tiny_model_and_tokenizer,
 )
 from capo_tutorial.reference import Reference
-from capo_tutorial.testbed import make_testbed
+from capo_tutorial.testbed import DEFAULT_LANGUAGES, make_testbed, tiered_noise
 from capo_tutorial.warmup import warmup_key
 
 __all__ = [
@@ -57,6 +57,13 @@ class Components:
     warmup_key: str = ""  # content hash of what the SFT warm-up starts from (see reference_weights_path)
 
 
+def _testbed_noise(config: RunConfig) -> float | dict[str, float]:
+    """The testbed's flip rate: one for every language, or by resource tier averaging config.noise."""
+    if config.noise_pattern != "by-tier":
+        return config.noise
+    return tiered_noise(config.languages or DEFAULT_LANGUAGES, config.noise)
+
+
 def load_run_data(config: RunConfig, split: str | None = None) -> tuple[datasets.Dataset, datasets.Dataset]:
     """(train, eval) preference data sets of the run, as records (not yet tokenized)."""
     eval_split = split or config.eval_split
@@ -66,9 +73,10 @@ def load_run_data(config: RunConfig, split: str | None = None) -> tuple[datasets
             n_train=config.testbed_train,
             n_validation=config.testbed_eval,
             n_test=config.testbed_eval,
-            noise=config.noise,
+            noise=_testbed_noise(config),
             seed=config.seed,
             systematic=tuple(config.systematic_noise),
+            noise_pattern="uniform" if config.noise_pattern == "by-tier" else config.noise_pattern,
         )
         train, evaluation = testbed[config.train_split], testbed[eval_split]
         return _subset(train, config.max_train_pairs, config.seed), _subset(

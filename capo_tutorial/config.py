@@ -55,6 +55,11 @@ class RunConfig:
     testbed_train: int = _field(3000, "testbed training pairs")
     testbed_eval: int = _field(600, "testbed validation and test pairs (each)")
     noise: float = _field(0.0, "testbed label-noise rate on the training split (random flips)")
+    noise_pattern: str = _field(
+        "uniform",
+        "how the testbed's flips fall: uniform (any train row), near-miss (near misses first) or "
+        "by-tier (rates by resource tier, lower-resource languages noisier, averaging noise)",
+    )
     systematic_noise: list = _field(
         [], "testbed languages whose near-miss pairs get consistent (learnable) flips, as a bad translation"
     )
@@ -173,6 +178,7 @@ _RULES = [
     ("max_length", lambda v: v >= 8, ">= 8 tokens"),
     ("warmup_ratio", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("noise", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("noise_pattern", lambda v: v in ("uniform", "near-miss", "by-tier"), "uniform, near-miss or by-tier"),
     ("sft_weight", lambda v: v >= 0, ">= 0"),
     ("max_grad_norm", lambda v: v >= 0, ">= 0"),
     ("lora_r", lambda v: v >= 0, ">= 0"),

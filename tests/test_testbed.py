@@ -24,6 +24,7 @@ from capo_tutorial.testbed import (
     main,
     make_testbed,
     resource_noise,
+    tiered_noise,
     write_testbed,
 )
 
@@ -308,3 +309,50 @@ def test_command_line_entry_point(tmp_path, capsys):
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         make_testbed(**kwargs)
+
+
+def test_near_miss_noise_flips_near_misses_first_and_keeps_the_rate():
+    uniform = _frame(make_testbed(["en", "ja"], n_train=400, seed=3, noise=0.2), "train")
+    near = _frame(
+        make_testbed(["en", "ja"], n_train=400, seed=3, noise=0.2, noise_pattern="near-miss"), "train"
+    )
+    assert near.flipped.sum() == uniform.flipped.sum()  # the same amount of noise, placed differently
+    assert (near[near.flipped].margin_class == "low").all()  # 20% < each language's share of near misses
+    assert (uniform[uniform.flipped].margin_class == "high").any()
+    heavy = _frame(make_testbed(["en"], n_train=200, seed=3, noise=0.5, noise_pattern="near-miss"), "train")
+    low, high = heavy[heavy.margin_class == "low"], heavy[heavy.margin_class == "high"]
+    flips = round(0.5 * len(heavy))
+    if len(low) <= flips:  # every near miss flipped, the rest of the flips are clear errors
+        assert low.flipped.all() and high.flipped.sum() == flips - len(low)
+    else:
+        assert low.flipped.sum() == flips and not high.flipped.any()
+    with pytest.raises(ValueError, match="noise_pattern"):
+        make_testbed(["en"], n_train=10, noise_pattern="bursty")
+
+
+def test_tiered_noise_averages_the_asked_rate_with_lower_resource_languages_noisier():
+    languages = ["en", "es", "ru", "ar", "he", "th", "ja", "ko"]  # four high, four mid resource
+    rates = tiered_noise(languages, 0.3)
+    assert sum(rates.values()) / len(rates) == pytest.approx(0.3)
+    assert rates["en"] == pytest.approx(0.2) and rates["ar"] == pytest.approx(0.4)
+    testbed = _frame(make_testbed(languages, n_train=800, seed=1, noise=rates), "train")
+    realised = testbed.groupby("language").flipped.mean()
+    assert realised["ko"] > realised["ja"]  # tier 2 against tier 1, as asked
+
+
+@pytest.mark.parametrize("pattern", ["by-tier", "near-miss"])
+def test_run_config_noise_patterns_reach_the_training_data(pattern):
+    from capo_tutorial.components import load_run_data
+    from capo_tutorial.config import profile_config
+
+    config = profile_config(
+        "smoke", languages=["en", "ar"], testbed_train=200, testbed_eval=10, noise=0.3, noise_pattern=pattern
+    )
+    train = load_run_data(config)[0].to_pandas()
+    rates = train.groupby("language").flipped.mean()
+    if pattern == "by-tier":  # en high resource, ar mid: 0.2 and 0.4, averaging 0.3
+        assert rates["en"] == pytest.approx(0.2) and rates["ar"] == pytest.approx(0.4)
+    else:
+        assert (
+            rates.tolist() == pytest.approx([0.3, 0.3]) and (train[train.flipped].margin_class == "low").all()
+        )

@@ -44,7 +44,16 @@ from capo_tutorial.testbed.card import (
     testbed_card,
     write_testbed,
 )
-from capo_tutorial.testbed.generate import COLUMNS, FEATURES, SPLITS, make_testbed, resource_noise
+from capo_tutorial.testbed.generate import (
+    COLUMNS,
+    FEATURES,
+    NOISE_PATTERNS,
+    SPLITS,
+    TIER_NOISE_FACTORS,
+    make_testbed,
+    resource_noise,
+    tiered_noise,
+)
 from capo_tutorial.testbed.languages import (
     ALL_LANGUAGES,
     DEFAULT_LANGUAGES,
@@ -59,10 +68,12 @@ __all__ = [
     "COLUMNS",
     "DEFAULT_LANGUAGES",
     "FEATURES",
+    "NOISE_PATTERNS",
     "RESOURCE_TIERS",
     "SOURCES",
     "SPLITS",
     "TASK_WEIGHTS",
+    "TIER_NOISE_FACTORS",
     "add_testbed_arguments",
     "main",
     "make_testbed",
@@ -70,5 +81,6 @@ __all__ = [
     "run_testbed_command",
     "script_of",
     "testbed_card",
+    "tiered_noise",
     "write_testbed",
 ]

@@ -22,7 +22,16 @@ from capo_tutorial.testbed.languages import (
 )
 from capo_tutorial.testbed.tasks import _TASKS, TASK_WEIGHTS, _Config, _Task
 
-__all__ = ["COLUMNS", "FEATURES", "SPLITS", "make_testbed", "resource_noise"]
+__all__ = [
+    "COLUMNS",
+    "FEATURES",
+    "NOISE_PATTERNS",
+    "SPLITS",
+    "TIER_NOISE_FACTORS",
+    "make_testbed",
+    "resource_noise",
+    "tiered_noise",
+]
 
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 
@@ -206,6 +215,23 @@ def resource_noise(
     return {lang: by_tier[RESOURCE_TIERS.get(lang, 2)] for lang in languages}
 
 
+TIER_NOISE_FACTORS = {1: 0.5, 2: 1.0, 3: 1.5}
+"""Relative flip rates of high / mid / low resource languages under ``tiered_noise``."""
+
+NOISE_PATTERNS = ("uniform", "near-miss")
+"""Which train rows random flips hit: any row, or near misses (``margin_class`` "low") first."""
+
+
+def tiered_noise(languages: Sequence[str], mean: float) -> dict[str, float]:
+    """Per-language flip rates proportional to :data:`TIER_NOISE_FACTORS` of their resource tier,
+    scaled so that their mean over ``languages`` is ``mean``: the same amount of noise as a uniform
+    rate, spread as multilingual annotation spreads it (e.g. 0.2 / 0.4 for high / mid at 0.3 over
+    the smoke profile's languages, half of them high resource)."""
+    factors = {lang: TIER_NOISE_FACTORS[RESOURCE_TIERS.get(lang, 2)] for lang in languages}
+    scale = mean * len(factors) / sum(factors.values())
+    return {lang: factor * scale for lang, factor in factors.items()}
+
+
 def _noise_rates(noise: float | Mapping[str, float] | str, languages: Sequence[str]) -> dict[str, float]:
     """Normalise the ``noise`` argument of make_testbed to one flip rate per language."""
     if isinstance(noise, str):
@@ -231,12 +257,16 @@ def _flip(row: dict[str, Any], kind: str) -> None:
     row["noise_kind"] = kind
 
 
-def _inject_noise(rows: list[dict[str, Any]], rate: float, systematic: bool, rng: random.Random) -> None:
+def _inject_noise(
+    rows: list[dict[str, Any]], rate: float, systematic: bool, rng: random.Random, pattern: str = "uniform"
+) -> None:
     """Flip one language's train rows in place: the systematic rule first, then exactly
     round(rate * len(rows)) random rows among the rest.
 
     The random rows are taken in one fixed random order, so the rows flipped at rate 0.2 are a
-    subset of those flipped at 0.4 (paired comparisons across noise levels).
+    subset of those flipped at 0.4 (paired comparisons across noise levels). With ``pattern``
+    "near-miss" the near-miss rows come first in that order (the clear errors only once every near
+    miss is flipped): annotators disagree where the two answers are close.
     """
     if systematic:
         for row in rows:
@@ -246,6 +276,8 @@ def _inject_noise(rows: list[dict[str, Any]], rate: float, systematic: bool, rng
     order = list(range(len(rows)))
     rng.shuffle(order)
     eligible = [i for i in order if not rows[i]["flipped"]]
+    if pattern == "near-miss":
+        eligible.sort(key=lambda i: rows[i]["margin_class"] != "low")  # stable: near misses first
     if n_random > len(eligible):
         raise ValueError(f"cannot flip {n_random} rows at random: only {len(eligible)} are left")
     for i in eligible[:n_random]:
@@ -286,6 +318,7 @@ def make_testbed(
     max_number: int = 999,
     low_margin_fraction: float = 0.5,
     tasks: Mapping[str, float] | None = None,
+    noise_pattern: str = "uniform",
 ) -> datasets.DatasetDict:
     """Generate the testbed: a DatasetDict with splits "train", "validation" and "test".
 
@@ -313,6 +346,9 @@ def make_testbed(
         low_margin_fraction: share of near-miss pairs (candidates are always near misses).
         tasks: ``{task: weight}`` over the families of ``TASK_WEIGHTS`` (default), e.g.
             ``{"number_words": 1.0}`` for number words only, or adding ``"weekday_name"``.
+        noise_pattern: which train rows the random flips hit (``NOISE_PATTERNS``): "uniform" (any
+            row) or "near-miss" (a language's near-miss pairs first; at rates above its share of
+            near misses, clear errors too).
 
     Returns:
         DatasetDict of ``COLUMNS``; validation and test are clean (``flipped`` all False), and no
@@ -335,6 +371,8 @@ def make_testbed(
     unknown_systematic = sorted(set(systematic) - set(languages))
     if unknown_systematic:
         raise ValueError(f"systematic names languages not in the testbed: {unknown_systematic}")
+    if noise_pattern not in NOISE_PATTERNS:
+        raise ValueError(f"noise_pattern={noise_pattern!r}: use one of {NOISE_PATTERNS}")
     rates = _noise_rates(noise, languages)
     weights = _task_weights(tasks)
     cfg = _Config(max_number, low_margin_fraction, frozenset(int(d) for d in systematic_digits))
@@ -345,7 +383,7 @@ def make_testbed(
         counts = {s: _allocate(per_language[s][language], weights) for s in SPLITS}
         rows = _language_rows(language, counts, cfg, seed)
         noise_rng = _rng(seed, "noise", language)
-        _inject_noise(rows["train"], rates[language], language in systematic, noise_rng)
+        _inject_noise(rows["train"], rates[language], language in systematic, noise_rng, noise_pattern)
         for split in SPLITS:
             splits[split] += rows[split]
     for split, rows in splits.items():
