@@ -30,7 +30,9 @@ from capo_tutorial.reference import Reference, freeze_reference
 __all__ = ["evaluate_run", "evaluation_summary", "score_pairs", "score_run"]
 
 # Per-pair metadata copied into the predictions table when the data set has it.
-METADATA_COLUMNS = ("pair_id", "language", "script", "task", "margin_class", "flipped", "strength")
+METADATA_COLUMNS = (
+    *("pair_id", "language", "script", "task", "margin_class", "flipped", "systematic_candidate", "strength"),
+)
 
 
 @torch.no_grad()

@@ -11,6 +11,10 @@ margin class, plus "all" rows) carry what chapters 5 and 6 plot::
     likelihood_accuracy (the trained policy's own per-token ranking: the same rule as
     reference_accuracy, so policy and reference are compared on one scale)
 
+A grid with systematic noise adds, per systematic language and pooled ("all"), rows of margin_class
+``"systematic-candidate"``: the clean test pairs the rule would flip, whose error rate is the share
+of the consistent error the model learned.
+
 ``accuracy`` scores a policy by its implicit reward (beta log pi/pi_ref; SimPO: its per-token
 likelihood, so for SimPO the two accuracies coincide).
 
@@ -47,6 +51,7 @@ from capo_tutorial.training import TrainResult, train
 __all__ = [
     "METHODS",
     "RESULT_COLUMNS",
+    "SYSTEMATIC_CANDIDATES",
     "TRUE_NOISE_RATE",
     "TUNING",
     "Method",
@@ -180,6 +185,9 @@ def tuned_methods(results: pd.DataFrame) -> dict[str, Method]:
     return chosen
 
 
+SYSTEMATIC_CANDIDATES = "systematic-candidate"
+"""The margin_class of the rows that score a systematic grid's candidate pairs alone (see summarise_run)."""
+
 RESULT_COLUMNS = [
     *("method", "loss", "params", "seed", "noise", "systematic", "profile", "eval_split"),
     *("language", "margin_class", "n", "accuracy", "margin", "ece"),
@@ -253,6 +261,17 @@ def summarise_run(result: TrainResult, method: Method, *, profile: str) -> pd.Da
         "steps": config.max_steps,
         "seconds": round(sum(result.seconds.values()), 2),
     }
+    cells = list(pair_cells(predictions, ("language", "margin_class")))
+    if config.systematic_noise and "systematic_candidate" in predictions:
+        # The clean test pairs the systematic rule would flip, in the languages it flipped: their
+        # accuracy is 1 - the share of the consistent error the model learned.
+        candidates = predictions[
+            predictions.systematic_candidate.astype(bool) & predictions.language.isin(config.systematic_noise)
+        ]
+        cells += [
+            ({**keys, "margin_class": SYSTEMATIC_CANDIDATES}, cell)
+            for keys, cell in pair_cells(candidates, ("language",))
+        ]
     rows = [
         {
             **shared,
@@ -261,7 +280,7 @@ def summarise_run(result: TrainResult, method: Method, *, profile: str) -> pd.Da
             "reference_accuracy": float(cell.reference_correct.mean()),
             "likelihood_accuracy": float(cell.likelihood_correct.mean()),
         }
-        for keys, cell in pair_cells(predictions, ("language", "margin_class"))
+        for keys, cell in cells
     ]
     return pd.DataFrame(rows)[RESULT_COLUMNS]
 

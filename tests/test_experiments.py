@@ -12,6 +12,7 @@ from capo_tutorial.config import profile_config
 from capo_tutorial.experiments import (
     METHODS,
     RESULT_COLUMNS,
+    SYSTEMATIC_CANDIDATES,
     TRUE_NOISE_RATE,
     TUNING,
     run_grid,
@@ -169,3 +170,28 @@ def test_tuned_methods_pick_each_familys_best_mean_over_noise_levels():
     assert chosen["capo"].params["tau"] == 0.25
     with pytest.raises(ValueError, match="validation"):
         tuned_methods(frame.assign(eval_split="test"))
+
+
+def test_a_systematic_run_scores_the_candidate_pairs_alone(tmp_path):
+    tiny = dict(
+        languages=["en", "ru"],
+        testbed_train=96,
+        testbed_eval=64,
+        max_length=48,
+        batch_size=8,
+        sft_steps=2,
+        max_steps=2,
+        tiny_hidden_size=32,
+        tiny_layers=1,
+        tiny_vocab_size=320,
+        progress="none",
+        sft_cache=False,
+        systematic_noise=["ru"],
+    )
+    rows, result = run_one(METHODS["dpo"], profile="smoke", seed=0, noise=0.0, output_dir=tmp_path, **tiny)
+    candidates = rows[rows.margin_class == SYSTEMATIC_CANDIDATES]
+    assert list(candidates.language) == ["all", "ru"]  # the systematic language only, and pooled
+    test = result.predictions
+    expected = test[test.systematic_candidate & (test.language == "ru")]
+    assert candidates.n.tolist() == [len(expected)] * 2 and len(expected) > 0
+    assert candidates.accuracy.iloc[0] == pytest.approx(expected.correct.mean())
