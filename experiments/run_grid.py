@@ -70,6 +70,15 @@ GRIDS = {
         profile="smoke",
         overrides={"systematic_noise": ["ru", "ar"]},
     ),
+    # A small grid made to be recomputed: tests/test_experiments.py trains its cells again (about a
+    # minute each on one core) to check that a change left the numerics alone.
+    "slice": dict(
+        methods=lambda: ["dpo", "capo"],
+        seeds=[0],
+        noises=[0.2],
+        profile="smoke",
+        overrides=dict(testbed_train=3000, sft_steps=375, max_steps=200),
+    ),
     # scale2: robust DPO (built for flipped labels) and SimPO (scale 1's strongest baseline at 30%)
     "scale2": dict(
         methods=lambda: ["dpo", "capo", "rdpo", "simpo"],
