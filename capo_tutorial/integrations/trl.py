@@ -27,6 +27,13 @@ A dataset column ``strength`` (a float >= 0 per row: CAPO's prior strength s_i, 
 chapter 2, e.g. the annotators' agreement) travels through TRL's pipeline into every loss that
 takes ``strength``.
 
+A known difference from ``capo_tutorial.training``: a weighted loss's weights (CAPO's, normalised to
+mean 1) are normalised here within each micro-batch on each device, because TRL computes the loss
+one micro-batch at a time. The package's own loop normalises them over the whole optimizer step
+(every micro-batch of an accumulation, every process), so that a micro-batch of suspect pairs keeps
+its small weight. With ``gradient_accumulation_steps`` > 1 or several processes the two differ; to
+match, put the step's pairs in one micro-batch (``per_device_train_batch_size``) on one device.
+
 Supported TRL versions: :data:`SUPPORTED_TRL`. TRL rewrote DPOTrainer in 0.29 (the loss moved
 inline into ``_compute_loss`` and the collator's batch became the 2B layout used here), so older
 versions are refused at import.
