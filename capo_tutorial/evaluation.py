@@ -163,7 +163,7 @@ def evaluate_run(run_dir: str | Path, *, split: str | None = None) -> pd.DataFra
     its latest checkpoint, and scores every pair of the split (``capo eval``).
     """
     # The run's Accelerate set-up (precision, processes) is the training loop's, which imports this module.
-    from capo_tutorial.training import _accelerator
+    from capo_tutorial.training import make_accelerator
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").exists():
@@ -175,7 +175,7 @@ def evaluate_run(run_dir: str | Path, *, split: str | None = None) -> pd.DataFra
     checkpoint = latest_checkpoint(run_dir)
     if checkpoint is None:
         raise FileNotFoundError(f"{run_dir} holds no checkpoint-* folder: the run did not finish a stage")
-    accelerator = _accelerator(config)
+    accelerator = make_accelerator(config)
     components = build_components(config)
     freeze_reference(config, components, accelerator, load=True)
     load_trainable_weights(components.model, checkpoint / "model.safetensors")

@@ -49,7 +49,7 @@ from capo_tutorial.losses import LOSSES, preference_loss
 from capo_tutorial.reference import freeze_reference
 from capo_tutorial.warmup import reference_weights_path, sft_step
 
-__all__ = ["TrainResult", "TrainingDivergedError", "train"]
+__all__ = ["TrainResult", "TrainingDivergedError", "make_accelerator", "train"]
 
 
 class TrainingDivergedError(RuntimeError):
@@ -118,7 +118,7 @@ def train(config: RunConfig, *, components: Components | None = None) -> TrainRe
     """
     if config.loss not in LOSSES:
         raise ValueError(f"RunConfig.loss {config.loss!r} is not a loss; known losses: {sorted(LOSSES)}")
-    accelerator = _accelerator(config)
+    accelerator = make_accelerator(config)
     set_seed(config.seed)
     output_dir = Path(config.output_dir)
     resume_from = latest_checkpoint(output_dir) if config.resume else None
@@ -160,7 +160,7 @@ def train(config: RunConfig, *, components: Components | None = None) -> TrainRe
     return TrainResult(logger.frame(), evaluation, predictions, output_dir, config, seconds, components)
 
 
-def _accelerator(config: RunConfig) -> Accelerator:
+def make_accelerator(config: RunConfig) -> Accelerator:
     """Accelerate for this run; processes started by torchrun / ``accelerate launch --multi_gpu`` on a
     machine without CUDA train data-parallel on the CPU (gloo), which needs ``cpu=True``."""
     launched = int(os.environ.get("WORLD_SIZE", "1")) > 1

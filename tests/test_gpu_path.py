@@ -162,14 +162,14 @@ def _overflowing_gradients(monkeypatch, overflows: int) -> None:
     """fp16 loss scaling on the CPU, and gradients that are inf for the first ``overflows`` steps."""
     import capo_tutorial.training as training
 
-    made = training._accelerator
+    made = training.make_accelerator
 
     def accelerator_with_scaler(config):
         accelerator = made(config)
         accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
         return accelerator
 
-    monkeypatch.setattr(training, "_accelerator", accelerator_with_scaler)
+    monkeypatch.setattr(training, "make_accelerator", accelerator_with_scaler)
     step = training._preference_step
     calls = {"n": 0}
 
