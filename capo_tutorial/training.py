@@ -18,11 +18,13 @@ and go to ``history.jsonl``; the final per-language evaluation goes to ``evaluat
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -133,16 +135,19 @@ def train(config: RunConfig, *, components: Components | None = None) -> TrainRe
         logger.truncate(progress)
     run = _Run(config, components, accelerator, logger)
     seconds: dict[str, float] = {}
-    warmed_up = progress.stage == "preference" or (
-        config.sft_cache and reference_weights_path(config, components).exists()
-    )
-    if progress.stage == "sft" and warmed_up:
-        accelerator.print(f"reusing the SFT warm-up cached in {reference_weights_path(config, components)}")
-        progress, resume_from = _Progress(stage="preference"), None
-    if progress.stage == "sft":
-        seconds["sft"] = _run_stage(run, "sft", progress, resume_from)
-        progress, resume_from = _Progress(stage="preference"), None
-    freeze_reference(config, components, accelerator, load=warmed_up)
+    with _one_warmup_at_a_time(config, components):
+        warmed_up = progress.stage == "preference" or (
+            config.sft_cache and reference_weights_path(config, components).exists()
+        )
+        if progress.stage == "sft" and warmed_up:
+            accelerator.print(
+                f"reusing the SFT warm-up cached in {reference_weights_path(config, components)}"
+            )
+            progress, resume_from = _Progress(stage="preference"), None
+        if progress.stage == "sft":
+            seconds["sft"] = _run_stage(run, "sft", progress, resume_from)
+            progress, resume_from = _Progress(stage="preference"), None
+        freeze_reference(config, components, accelerator, load=warmed_up)
     if config.drop_suspect_pairs:  # "audit, drop, then train": the audit's flag on the training pairs
         from capo_tutorial.audit import drop_suspect_pairs
 
@@ -158,6 +163,29 @@ def train(config: RunConfig, *, components: Components | None = None) -> TrainRe
         predictions.to_csv(output_dir / "predictions.csv", index=False)
     accelerator.wait_for_everyone()
     return TrainResult(logger.frame(), evaluation, predictions, output_dir, config, seconds, components)
+
+
+@contextlib.contextmanager
+def _one_warmup_at_a_time(config: RunConfig, components: Components) -> Iterator[None]:
+    """Hold a lock on the cached warm-up while it is looked up, made and saved: two runs that need the
+    same warm-up at once (two grid slices, two test workers) make it once; the second waits, then
+    reads it. Only for a cached warm-up in a single process (a distributed run has its barriers)."""
+    if not (config.sft_cache and config.sft_steps) or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        yield
+        return
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks; concurrent runs then each make the warm-up
+        yield
+        return
+    path = reference_weights_path(config, components)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def make_accelerator(config: RunConfig) -> Accelerator:

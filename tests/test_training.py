@@ -223,3 +223,25 @@ def test_a_second_run_reuses_the_cached_warm_up_and_gets_the_same_result(tmp_pat
     pd.testing.assert_frame_equal(first.evaluation, second.evaluation)
     other_seed = train(tiny_config(tmp_path / "c", sft_cache=True, seed=1))
     assert "sft" in other_seed.seconds, "another seed is another warm-up"
+
+
+def test_two_runs_that_need_one_warm_up_at_once_make_it_once(tmp_path):
+    """Two processes start the same cached warm-up together: one makes it, the other waits and reads it."""
+    arguments = ["train", "--profile", "smoke", *flags({**TINY, "sft_cache": True, "sft_steps": 60})]
+    environment = {**os.environ, "CAPO_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    children = [
+        subprocess.Popen(
+            cli(*arguments, "--output-dir", str(tmp_path / name)),
+            env=environment,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for name in ("a", "b")
+    ]
+    outputs = [child.communicate()[0] for child in children]
+    assert [child.returncode for child in children] == [0, 0], outputs
+    assert sum("reusing the SFT warm-up" in output for output in outputs) == 1, outputs
+    assert sum("[sft] step 60/60" in output for output in outputs) == 1, outputs
+    evaluations = [pd.read_csv(tmp_path / name / "evaluation.csv") for name in ("a", "b")]
+    pd.testing.assert_frame_equal(*evaluations)
