@@ -120,15 +120,23 @@ def test_run_grid_writes_rows_manifest_and_resumes(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("smoke-warm-up")  # first, one file on one worker (tests/conftest.py): one warm-up
-@pytest.mark.skipif("scale1" not in GRIDS, reason="the scale-1 grid has not been committed yet")
+@pytest.mark.skipif("slice" not in GRIDS, reason="the slice grid has not been committed yet")
 @pytest.mark.parametrize("method", ["dpo", "capo"])
-def test_a_committed_scale1_slice_recomputes(tmp_path, method):
-    """The committed scale-1 cell (seed 0, 20% flipped), trained again now: the guard that a refactor
-    left the numerics alone. See RECOMPUTE_TOLERANCE for what a rerun may move, and why."""
-    committed = pd.read_csv(RESULTS / "scale1" / "results.csv")
-    row = select(committed, method=method, seed=0, noise=0.2).iloc[0]
+def test_the_committed_slice_recomputes(tmp_path, method):
+    """A cell of the committed slice grid (made for this: a minute per cell), trained again now with
+    the settings its manifest records: the guard that a change left the numerics alone. See
+    RECOMPUTE_TOLERANCE for what a rerun may move, and why."""
+    committed = pd.read_csv(RESULTS / "slice" / "results.csv")
+    manifest = json.loads((RESULTS / "slice" / "manifest.json").read_text())
+    row = select(committed, method=method).iloc[0]
     rows, _ = run_one(
-        METHODS[method], profile="smoke", seed=0, noise=0.2, output_dir=tmp_path, progress="none"
+        METHODS[method],
+        profile=manifest["profile"],
+        seed=int(row.seed),
+        noise=float(row.noise),
+        output_dir=tmp_path,
+        progress="none",
+        **manifest["overrides"],
     )
     now = select(rows).iloc[0]
     assert now.n == row.n
