@@ -45,14 +45,16 @@ def _sweep_methods() -> list[Method]:
 # reference and flipped pairs can be memorised. 3k-4ep came first: its 375 SFT steps left the reference
 # at chance (0.49 on validation) and clean DPO at 0.60, so it ran clean only and the later candidates
 # keep 12,000 pairs. 12k-2ep (the smoke warm-up, two preference epochs) reached 0.87 clean against the
-# reference's 0.82: the next candidates shorten the warm-up instead of lengthening preference training.
+# reference's 0.82; with a third of the warm-up (12k-2ep-sft500) the reference was at chance (0.51) and
+# DPO reached only 0.70. 12k-3ep-sft1000 sits between them, with a third epoch; it evaluates after each
+# epoch (eval_every: the history in its run folder has the accuracy at one, two and three epochs).
 REGIME_CANDIDATES = {
     "3k-4ep": dict(testbed_train=3000, sft_steps=375, max_steps=750),
     "12k-2ep": dict(testbed_train=12000, sft_steps=1500, max_steps=1500),
-    "12k-2ep-sft750": dict(testbed_train=12000, sft_steps=750, max_steps=1500),
     "12k-2ep-sft500": dict(testbed_train=12000, sft_steps=500, max_steps=1500),
+    "12k-3ep-sft1000": dict(testbed_train=12000, sft_steps=1000, max_steps=2250, eval_every=750),
 }
-REGIME_NOISES = {"3k-4ep": [0.0]}  # the others: clean and 40% flipped
+REGIME_NOISES = {"3k-4ep": [0.0], "12k-2ep-sft500": [0.0]}  # the others: clean and 40% flipped
 SWEEP_SEEDS = [100, 101]  # disjoint from the reported seeds 0-4
 
 
