@@ -2,7 +2,8 @@
 
 They guard what a book build would only notice late, or never: a notebook missing from _toc.yml,
 outputs committed by accident, a Colab install cell that points at another repository, a citation
-key that references.bib lacks, a _config.yml setting that was lost.
+key that references.bib lacks, a _config.yml setting that was lost, a number typed into a chapter's
+prose instead of computed.
 """
 
 from __future__ import annotations
@@ -267,3 +268,138 @@ def test_workflow_is_valid_yaml(path: Path) -> None:
     workflow = yaml.safe_load(path.read_text(encoding="utf-8"))
     # YAML reads the key `on` as True.
     assert "jobs" in workflow and (True in workflow or "on" in workflow), f"{_rel(path)} is not a workflow"
+
+
+# --- numbers in the prose ------------------------------------------------------------------------
+# Every number the book states is computed by code: printed by a cell, or glued into the prose with
+# {glue:text}. So, once the parts of a page that are not prose are taken out, a digit left in a
+# chapter's Markdown is a number someone typed, and it must be one of the few below that no code
+# computes. Taken out: code (fenced blocks, `inline code`), maths ($...$, $$...$$, {math} and every
+# other role, e.g. {glue:text}, {ref}, {cite:p}; maths is for definitions, never for a measurement),
+# link targets, MyST labels `(name)=`, directive options `:name: value`, HTML comments.
+
+_NOT_PROSE = [
+    re.compile(r"<!--.*?-->", re.DOTALL),
+    re.compile(r"^(`{3,}|~{3,}).*?^\1[ \t]*$", re.MULTILINE | re.DOTALL),  # fenced code, directives
+    re.compile(r"\$\$.*?\$\$", re.DOTALL),
+    re.compile(r"\{[\w:.-]+\}`[^`]*`"),  # roles: {glue:text}`x`, {ref}`...`, {cite:p}`...`, {math}`...`
+    re.compile(r"(?<!\\)\$[^$\n]+?(?<!\\)\$"),
+    re.compile(r"`[^`\n]*`"),
+    re.compile(r"\]\([^)\s]*\)"),  # [text](target): the target
+    re.compile(r"<https?://[^>\s]*>"),
+    re.compile(r"^\([\w.-]+\)=[ \t]*$", re.MULTILINE),
+    re.compile(r"^:[\w-]+:.*$", re.MULTILINE),
+    re.compile(r"^[ \t]*\d+\.[ \t]", re.MULTILINE),  # ordered-list markers
+]
+
+# Typed numbers allowed on every page: names that contain digits, and structure.
+_ALLOWED_EVERYWHERE = [
+    r"Qwen2\.5-0\.5B(?:-Instruct)?|SmolLM2-135M|Gemma 3(?: 270M)?|HelpSteer3",  # model, data set names
+    r"\b(?:T4|L4|A100|H100|H200)\b",  # GPU cards by name
+    r"\b(?:fp16|bf16|fp32|float16|bfloat16|float32|float64)\b",  # number formats
+    r"\bUTF-8\b|\bBCP-47\b|\bCC-BY-4\.0\b",  # an encoding, a standard, a licence
+    r"\bPython 3\.\d+\b",  # the oldest Python the package supports (pyproject's requires-python)
+    r"\b[Cc]hapters? \d+(?:(?:,| and| or| to) \d+)*\b",  # chapter numbers
+    r"\bseed \d+\b",  # a seed names a run, as a file name would (the cell that trains it sets it)
+    r"\b[Ss]cale [12]\b",  # the names of the two experiment grids (experiments/results/scale1, scale2)
+    # The CAPO abstract's headline, the only number of the paper the book may quote, in its units.
+    r"\b16(?:%| percentage points| or more)",
+]
+
+# Typed numbers allowed on one page: worked examples' inputs and definitions, each said once.
+_ALLOWED_ON_PAGE = {
+    "ch1_rlhf_to_dpo.ipynb": [
+        r"gap of 1 nat|gap of 3 nats|advantage of 1 nat",  # inputs of the Bradley-Terry examples
+        r"\| [123] \| −\d+\.\d \| −\d+\.\d \| −\d+\.\d \| −\d+\.\d \|",  # the worked example's inputs
+        r"[Pp]air [123]\b",  # the worked example's pairs, by number
+        r"by 2 nats|rewards are 0|−20\.5 vs −18\.0 nats",  # read off that table
+        r"1/3, not 1/2|step 0\b|is 0, not 0\.5|divides each by 3",  # strict accuracy, by definition
+        r"learning rate of 10",  # an input of the example's gradient step
+        r"probability 0\.95",  # the question the next formula answers
+    ],
+    "ch2_confidence_from_dpo.ipynb": [
+        r"1 when absent|mean 1\b|always 1\b|all pairs, 1\b|step 0\b",  # definitions of the weights
+        r"by 1\.2 nats per token",  # an input of the four-pair example, pair B
+        r"below 50%",  # the condition of the cited theorem on symmetric losses
+        r"at 20% flipped|at 40%",  # the toy's two noise rates, set in its code
+    ],
+    "ch3_multilingual_data.ipynb": [
+        r"342 vs 343",  # what a near miss looks like
+        r"1 = high, 3 = low",  # the resource-tier scale of the cited survey
+        r"the 256 byte values",  # a byte-level tokenizer's base vocabulary, by definition
+        r"0\.5/n|ends in 7|n\+1",  # the flipping rules of capo_tutorial.testbed, stated as code does
+        r"at 20% and 40%",  # two noise rates named by their value
+        r"from −3|to \+3|response [12] is|rated ±1|tie \(0\)",  # HelpSteer3's preference scale
+    ],
+}
+
+_DIGIT_CONTEXT = 45
+
+
+def _prose(text: str) -> str:
+    for pattern in _NOT_PROSE:
+        text = pattern.sub(" ", text)
+    return text
+
+
+def _typed_numbers(page: str, text: str) -> list[str]:
+    """Each digit left in `text`'s prose once the allowed numbers are removed, in its context."""
+    prose = re.sub(r"\s+", " ", _prose(text))  # the patterns match across line breaks
+    for allowed in [*_ALLOWED_EVERYWHERE, *_ALLOWED_ON_PAGE.get(page, [])]:
+        prose = re.sub(allowed, " ", prose)
+    found, end = [], -1
+    for match in re.finditer(r"\d", prose):
+        if match.start() > end:
+            start, end = max(0, match.start() - _DIGIT_CONTEXT), match.end() + _DIGIT_CONTEXT
+            found.append(prose[start:end].strip())
+    return found
+
+
+def _markdown_parts(path: Path) -> list[tuple[str, str]]:
+    """(where, text) for each Markdown cell of a notebook, or for the whole of a Markdown page."""
+    if path.suffix == ".md":
+        return [(_rel(path), path.read_text(encoding="utf-8"))]
+    cells = _read_notebook(path)["cells"]
+    return [
+        (f"{_rel(path)}, cell {i}", _source(c)) for i, c in enumerate(cells) if c["cell_type"] == "markdown"
+    ]
+
+
+@pytest.mark.parametrize("path", [*NOTEBOOKS, *MARKDOWN_PAGES], ids=lambda p: p.name)
+def test_numbers_in_the_prose_are_computed(path: Path) -> None:
+    typed = [
+        f"{where}: ...{context}..."
+        for where, text in _markdown_parts(path)
+        for context in _typed_numbers(path.name, text)
+    ]
+    assert not typed, (
+        "numbers typed into the prose (glue them from the code that computes them, e.g.\n"
+        "glue('name', value) in a cell and {glue:text}`name:.3f` in the text, or say it without "
+        "the number):\n" + "\n".join(typed)
+    )
+
+
+def test_typed_number_scan_sees_through_markup() -> None:
+    text = (
+        "(sec-x)=\n## Title\nAt $\\beta = 0.1$ the run `max_steps=300` gives {glue:text}`acc:.3f` "
+        "({ref}`chapter 4 <ch-training>`, [see](https://example.org/2024)) on Gemma 3 270M with a T4.\n"
+        "```python\nx = 12\n```\n1. one\n2. two, 400 pairs\n"
+    )
+    (found,) = _typed_numbers("any.ipynb", text)
+    assert found.endswith("one two, 400 pairs") and not re.search(r"\d", found.replace("400", ""))
+    # An allowance holds on its own page only.
+    assert _typed_numbers("ch1_rlhf_to_dpo.ipynb", "a learning rate of 10") == []
+    assert _typed_numbers("ch2_confidence_from_dpo.ipynb", "a learning rate of 10") == [
+        "a learning rate of 10"
+    ]
+
+
+@pytest.mark.parametrize("page", sorted(_ALLOWED_ON_PAGE))
+def test_every_allowance_is_still_needed(page: str) -> None:
+    # An allowance that matches nothing any more would let the next typed number through unseen.
+    path = BOOK / page
+    assert path.is_file(), f"_ALLOWED_ON_PAGE names {page}, which is not in book/"
+    prose = " ".join(re.sub(r"\s+", " ", _prose(text)) for _, text in _markdown_parts(path))
+    for allowed in _ALLOWED_ON_PAGE[page]:
+        stale = [part for part in re.split(r"(?<!\\)\|", allowed) if not re.search(part, prose)]
+        assert not stale, f"{page}: the allowances {stale} match nothing in its prose; remove them"
