@@ -225,6 +225,7 @@ def test_a_second_run_reuses_the_cached_warm_up_and_gets_the_same_result(tmp_pat
     assert "sft" in other_seed.seconds, "another seed is another warm-up"
 
 
+@pytest.mark.slow
 def test_two_runs_that_need_one_warm_up_at_once_make_it_once(tmp_path):
     """Two processes start the same cached warm-up together: one makes it, the other waits and reads it."""
     arguments = ["train", "--profile", "smoke", *flags({**TINY, "sft_cache": True, "sft_steps": 60})]
