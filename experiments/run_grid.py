@@ -49,8 +49,8 @@ def _sweep_methods() -> list[Method]:
 # DPO reached only 0.70. 12k-3ep-sft1000 sits between them, with a third epoch; it evaluates after each
 # epoch (eval_every: the history in its run folder has the accuracy at one, two and three epochs): the
 # reference ranked 0.64 and DPO reached 0.72 / 0.75 / 0.79 after one / two / three epochs, 15 points
-# above the reference but under 0.85. The last candidates try a longer warm-up (1250 steps) and a
-# faster preference stage (twice the learning rate).
+# above the reference but under 0.85. Twice the learning rate (12k-2ep-sft1000-lr2e-3) did worse:
+# 0.70 / 0.73 after one / two epochs, so it ran clean only. 12k-3ep-sft1250 tries a longer warm-up.
 REGIME_CANDIDATES = {
     "3k-4ep": dict(testbed_train=3000, sft_steps=375, max_steps=750),
     "12k-2ep": dict(testbed_train=12000, sft_steps=1500, max_steps=1500),
@@ -61,7 +61,7 @@ REGIME_CANDIDATES = {
         testbed_train=12000, sft_steps=1000, max_steps=1500, learning_rate=2e-3, eval_every=750
     ),
 }
-REGIME_NOISES = {"3k-4ep": [0.0], "12k-2ep-sft500": [0.0]}  # the others: clean and 40% flipped
+REGIME_NOISES = {"3k-4ep": [0.0], "12k-2ep-sft500": [0.0], "12k-2ep-sft1000-lr2e-3": [0.0]}  # others: 0, 0.4
 SWEEP_SEEDS = [100, 101]  # disjoint from the reported seeds 0-4
 
 
