@@ -1510,7 +1510,7 @@ def plot_audit(pairs: pd.DataFrame, languages: pd.DataFrame | None = None, *, th
         ax.set_yticklabels(
             [f"{name} · {table.script[name]}  ({table.flagged_share[name]:.0%})" for name in order]
         )
-        ax.set_xlabel("confidence c = sigmoid(d_ref / tau)")
+        ax.set_xlabel(r"confidence $c = \sigma(d_\mathrm{ref} / \tau)$")
         ax.set_title("confidence per language (share flagged)")
         ax.set_xlim(0, 1)
         if threshold is not None:
