@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from capo_tutorial.analysis import select
-from capo_tutorial.experiments import METHODS, TUNING, Method, run_grid, tuned_methods
+from capo_tutorial.experiments import EXPERIMENT_REGIME, METHODS, TUNING, Method, run_grid, tuned_methods
 
 RESULTS = Path(__file__).resolve().parent / "results"
 REPORTED_SEEDS = [0, 1, 2, 3, 4]
@@ -50,18 +50,27 @@ def _sweep_methods() -> list[Method]:
 # epoch (eval_every: the history in its run folder has the accuracy at one, two and three epochs): the
 # reference ranked 0.64 and DPO reached 0.72 / 0.75 / 0.79 after one / two / three epochs, 15 points
 # above the reference but under 0.85. Twice the learning rate (12k-2ep-sft1000-lr2e-3) did worse:
-# 0.70 / 0.73 after one / two epochs, so it ran clean only. 12k-3ep-sft1250 tries a longer warm-up.
+# 0.70 / 0.73 after one / two epochs, so it ran clean only. A longer warm-up (12k-3ep-sft1250) left the
+# reference at 0.63 and DPO at 0.61 / 0.77 / 0.77: the reference's ranking appears only between 1,250
+# and 1,500 warm-up steps. 12k-5ep-sft1000 follows the 1,000-step warm-up for five epochs.
 REGIME_CANDIDATES = {
     "3k-4ep": dict(testbed_train=3000, sft_steps=375, max_steps=750),
     "12k-2ep": dict(testbed_train=12000, sft_steps=1500, max_steps=1500),
     "12k-2ep-sft500": dict(testbed_train=12000, sft_steps=500, max_steps=1500),
     "12k-3ep-sft1000": dict(testbed_train=12000, sft_steps=1000, max_steps=2250, eval_every=750),
     "12k-3ep-sft1250": dict(testbed_train=12000, sft_steps=1250, max_steps=2250, eval_every=750),
+    "12k-5ep-sft1000": dict(testbed_train=12000, sft_steps=1000, max_steps=3750, eval_every=750),
     "12k-2ep-sft1000-lr2e-3": dict(
         testbed_train=12000, sft_steps=1000, max_steps=1500, learning_rate=2e-3, eval_every=750
     ),
 }
-REGIME_NOISES = {"3k-4ep": [0.0], "12k-2ep-sft500": [0.0], "12k-2ep-sft1000-lr2e-3": [0.0]}  # others: 0, 0.4
+# Candidates that failed on clean data ran clean only; the others: clean and 40% flipped.
+REGIME_NOISES = {
+    "3k-4ep": [0.0],
+    "12k-2ep-sft500": [0.0],
+    "12k-2ep-sft1000-lr2e-3": [0.0],
+    "12k-3ep-sft1250": [0.0],
+}
 SWEEP_SEEDS = [100, 101]  # disjoint from the reported seeds 0-4
 
 
@@ -104,15 +113,15 @@ GRIDS = {
         methods=_tuning_variants,
         seeds=SWEEP_SEEDS,
         noises=[0.2, 0.4],
-        profile="experiment",
-        overrides={"eval_split": "validation"},
+        profile="smoke",
+        overrides={**EXPERIMENT_REGIME, "eval_split": "validation"},
     ),
     "scale1": dict(
         methods=_tuned,
         seeds=REPORTED_SEEDS,
         noises=[0.0, 0.1, 0.2, 0.3, 0.4],
-        profile="experiment",
-        overrides={},
+        profile="smoke",
+        overrides=dict(EXPERIMENT_REGIME),
     ),
     # Noise as multilingual data has it, at 30% flipped on average: DPO, CAPO, filtering and the
     # strongest scale-1 baseline there.
@@ -120,8 +129,8 @@ GRIDS = {
         methods=_noise_type_methods,
         seeds=REPORTED_SEEDS,
         noises=[0.3],
-        profile="experiment",
-        overrides={"noise_pattern": "near-miss"},
+        profile="smoke",
+        overrides={**EXPERIMENT_REGIME, "noise_pattern": "near-miss"},
     ),
     # Russian and Arabic near misses ending in 7 answered with n+1 in every training pair: a consistent,
     # learnable error, scored on the test pairs the rule would flip (margin_class systematic-candidate).
@@ -129,15 +138,15 @@ GRIDS = {
         methods=_noise_type_methods,
         seeds=REPORTED_SEEDS,
         noises=[0.0],
-        profile="experiment",
-        overrides={"systematic_noise": ["ru", "ar"]},
+        profile="smoke",
+        overrides={**EXPERIMENT_REGIME, "systematic_noise": ["ru", "ar"]},
     ),
     "noise-by-tier": dict(
         methods=_noise_type_methods,
         seeds=REPORTED_SEEDS,
         noises=[0.3],
-        profile="experiment",
-        overrides={"noise_pattern": "by-tier"},
+        profile="smoke",
+        overrides={**EXPERIMENT_REGIME, "noise_pattern": "by-tier"},
     ),
     "sweep": dict(
         methods=_sweep_methods,
