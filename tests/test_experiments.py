@@ -1,6 +1,8 @@
 """Committed experiment results: schema, manifests, and a slice recomputed now."""
 
+import importlib.util
 import json
+import re
 import time
 from pathlib import Path
 
@@ -204,3 +206,25 @@ def test_a_systematic_run_scores_the_candidate_pairs_alone(tmp_path):
     expected = test[test.systematic_candidate & (test.language == "ru")]
     assert candidates.n.tolist() == [len(expected)] * 2 and len(expected) > 0
     assert candidates.accuracy.iloc[0] == pytest.approx(expected.correct.mean())
+
+
+def test_the_grid_script_defines_every_grid_it_documents():
+    """experiments/run_grid.py imports, and the grids that need no earlier results resolve their methods."""
+    script = RESULTS.parent / "run_grid.py"
+    spec = importlib.util.spec_from_file_location("run_grid", script)
+    run_grid_script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run_grid_script)
+    grids = run_grid_script.GRIDS
+    assert {"tune", "scale1", "systematic", "noise-near-miss", "noise-by-tier", "slice"} <= set(grids)
+    tune = grids["tune"]["methods"]()
+    assert (
+        len(tune) == sum(len(v) for v in TUNING.values())
+        and grids["tune"]["overrides"]["eval_split"] == "validation"
+    )
+    assert set(grids["tune"]["seeds"]).isdisjoint(grids["scale1"]["seeds"]), "sweep seeds are never reported"
+    for name in ("tune", "scale1", "systematic", "noise-near-miss", "noise-by-tier"):
+        profile_config(grids[name]["profile"], **grids[name]["overrides"])  # a valid RunConfig
+    documented = set(
+        re.findall(r"`python experiments/run_grid.py ([\w/-]+)", (RESULTS.parent / "README.md").read_text())
+    )
+    assert documented <= set(grids), documented - set(grids)
