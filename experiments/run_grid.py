@@ -53,8 +53,9 @@ def _sweep_methods() -> list[Method]:
 # 0.70 / 0.73 after one / two epochs, so it ran clean only. A longer warm-up (12k-3ep-sft1250) left the
 # reference at 0.63 and DPO at 0.61 / 0.77 / 0.77: the reference's ranking appears only between 1,250
 # and 1,500 warm-up steps. 12k-5ep-sft1000 follows the 1,000-step warm-up for five epochs: 0.71 / 0.75
-# / 0.80 / 0.85 / 0.85 after each, 21 points above its reference (0.64). It costs about eight minutes a
-# run on one loaded core, so 6k-5ep-sft1000 tries half the pairs for the same five epochs.
+# / 0.80 / 0.85 / 0.85 after each, 21 points above its reference (0.64), and 0.55 at 40% flipped (30
+# points below): every goal met, so it is the regime (capo_tutorial.experiments.EXPERIMENT_REGIME).
+# Half the pairs for the same five epochs (6k-5ep-sft1000) would halve the cost but reached only 0.76.
 REGIME_CANDIDATES = {
     "3k-4ep": dict(testbed_train=3000, sft_steps=375, max_steps=750),
     "12k-2ep": dict(testbed_train=12000, sft_steps=1500, max_steps=1500),
@@ -70,9 +71,11 @@ REGIME_CANDIDATES = {
 # Candidates that failed on clean data ran clean only; the others: clean and 40% flipped.
 REGIME_NOISES = {
     "3k-4ep": [0.0],
+    "12k-2ep": [0.0],  # five points above its reference: it fails on clean data too
     "12k-2ep-sft500": [0.0],
     "12k-2ep-sft1000-lr2e-3": [0.0],
     "12k-3ep-sft1250": [0.0],
+    "6k-5ep-sft1000": [0.0],
 }
 SWEEP_SEEDS = [100, 101]  # disjoint from the reported seeds 0-4
 
