@@ -502,7 +502,7 @@ def plot_accuracy_vs_noise(
     hue: str = "method",
     baselines: Mapping[str, float] | None = None,
     xlabel: str = "training labels flipped (%)",
-    ylabel: str = "reward accuracy on clean test pairs",
+    ylabel: str = "reward accuracy on clean test pairs (fraction)",
     ax: Axes | None = None,
 ) -> Figure:
     """Mean ± standard deviation over seeds of ``y`` against ``x``, one line per ``hue``; seeds as dots.
@@ -1458,7 +1458,7 @@ def plot_noise_panels(
     titles: Mapping[Any, str] | None = None,
     y: str = "accuracy",
     hue: str = "method",
-    ylabel: str = "reward accuracy on clean test pairs",
+    ylabel: str = "reward accuracy on clean test pairs (fraction)",
     sharey: bool = True,
 ) -> Figure:
     """:func:`plot_accuracy_vs_noise` once per value of ``panel`` (e.g. low- and high-margin pairs).
