@@ -126,9 +126,10 @@ def test_run_grid_writes_rows_manifest_and_resumes(tmp_path, monkeypatch):
 @pytest.mark.skipif("slice" not in GRIDS, reason="the slice grid has not been committed yet")
 @pytest.mark.parametrize("method", ["dpo", "capo"])
 def test_the_committed_slice_recomputes(tmp_path, method):
-    """A cell of the committed slice grid (made for this: a minute per cell), trained again now with
-    the settings its manifest records: the guard that a change left the numerics alone. See
-    RECOMPUTE_TOLERANCE for what a rerun may move, and why."""
+    """A cell of the committed slice grid (made for this), trained again now with the settings its
+    manifest records: the guard that a change left the numerics alone. The first cell pays the smoke
+    warm-up (about four minutes on one core), which chapter 8 then reuses; each cell is then under a
+    minute. See RECOMPUTE_TOLERANCE for what a rerun may move, and why."""
     committed = pd.read_csv(RESULTS / "slice" / "results.csv")
     manifest = json.loads((RESULTS / "slice" / "manifest.json").read_text())
     row = select(committed, method=method).iloc[0]
