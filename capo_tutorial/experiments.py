@@ -44,7 +44,7 @@ import torch
 from capo_tutorial._io import write_text_atomic
 from capo_tutorial.config import profile_config
 from capo_tutorial.evaluation import score_pairs
-from capo_tutorial.losses import CAPO_DEFAULTS, LOSSES
+from capo_tutorial.losses import CAPO_DEFAULTS, LOSSES, _per_token_margin
 from capo_tutorial.metrics import pair_cells, pair_summary
 from capo_tutorial.training import TrainResult, train
 
@@ -239,24 +239,28 @@ def _flipped_memorised(result: TrainResult) -> float:
     return float(predictions.correct.mean())
 
 
+def _ranks_by_likelihood(predictions: pd.DataFrame, model: str) -> pd.Series:
+    """Whether ``model`` ("policy" or "reference") gives the chosen response the higher per-token
+    log-likelihood, pair by pair: the margin CAPO's reference confidence reads."""
+    margin = _per_token_margin(
+        predictions[f"{model}_chosen_logps"],
+        predictions[f"{model}_rejected_logps"],
+        predictions.chosen_length,
+        predictions.rejected_length,
+    )
+    return margin > 0
+
+
 def summarise_run(result: TrainResult, method: Method, *, profile: str) -> pd.DataFrame:
     """Tidy rows of one run: per language x margin class (and "all" of each), see the module doc.
 
     ``profile`` is the name of the profile the run's config came from (``run_one`` passes it)."""
     config, predictions = result.config, result.predictions
-    reference_margin = (
-        predictions.reference_chosen_logps / predictions.chosen_length
-        - predictions.reference_rejected_logps / predictions.rejected_length
-    )
     # A reference-free loss (SimPO) runs without reference log-probs: the column does not apply.
     reference_free = not LOSSES[config.loss].needs_reference
-    reference_correct = float("nan") if reference_free else reference_margin > 0
-    policy_margin = (
-        predictions.policy_chosen_logps / predictions.chosen_length
-        - predictions.policy_rejected_logps / predictions.rejected_length
-    )
+    reference_correct = float("nan") if reference_free else _ranks_by_likelihood(predictions, "reference")
     predictions = predictions.assign(
-        reference_correct=reference_correct, likelihood_correct=policy_margin > 0
+        reference_correct=reference_correct, likelihood_correct=_ranks_by_likelihood(predictions, "policy")
     )
     shared = {
         "method": method.name,
