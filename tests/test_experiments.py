@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from tiny_run import TINY
 
 from capo_tutorial.analysis import select
 from capo_tutorial.config import profile_config
@@ -85,20 +86,14 @@ def test_languages_add_up_to_all(grid):
 
 
 def test_run_grid_writes_rows_manifest_and_resumes(tmp_path, monkeypatch):
-    tiny = dict(
-        languages=["en", "ru"],
-        testbed_train=96,
-        testbed_eval=32,
-        max_length=48,
-        batch_size=8,
-        sft_steps=4,
-        max_steps=4,
-        tiny_hidden_size=32,
-        tiny_layers=1,
-        tiny_vocab_size=320,
-        progress="none",
-        sft_cache=False,
-    )
+    tiny = {
+        **TINY,
+        "testbed_train": 96,
+        "testbed_eval": 32,
+        "sft_steps": 4,
+        "max_steps": 4,
+        "progress": "none",
+    }
     run_grid(tmp_path, methods=["dpo"], seeds=[0], noises=[0.25], **tiny)  # two slices, one folder
     first_started = json.loads((tmp_path / "manifest.json").read_text())["started"]
     time.sleep(1.1)  # the stamps have whole seconds: a later slice would show a later one
@@ -185,21 +180,15 @@ def test_tuned_methods_pick_each_familys_best_mean_over_noise_levels():
 
 
 def test_a_systematic_run_scores_the_candidate_pairs_alone(tmp_path):
-    tiny = dict(
-        languages=["en", "ru"],
-        testbed_train=96,
-        testbed_eval=64,
-        max_length=48,
-        batch_size=8,
-        sft_steps=2,
-        max_steps=2,
-        tiny_hidden_size=32,
-        tiny_layers=1,
-        tiny_vocab_size=320,
-        progress="none",
-        sft_cache=False,
-        systematic_noise=["ru"],
-    )
+    tiny = {
+        **TINY,
+        "testbed_train": 96,
+        "testbed_eval": 64,
+        "sft_steps": 2,
+        "max_steps": 2,
+        "progress": "none",
+    }
+    tiny["systematic_noise"] = ["ru"]
     rows, result = run_one(METHODS["dpo"], profile="smoke", seed=0, noise=0.0, output_dir=tmp_path, **tiny)
     candidates = rows[rows.margin_class == SYSTEMATIC_CANDIDATES]
     assert list(candidates.language) == ["all", "ru"]  # the systematic language only, and pooled

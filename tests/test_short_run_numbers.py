@@ -1,7 +1,7 @@
 """A short training run's log-probs, pair by pair, against the ones committed in tests/data.
 
 The tight guard that a refactor leaves the numerics alone. tests/test_experiments.py recomputes a
-committed grid cell end to end, but its ~1800 steps magnify last-bit float differences (another CPU,
+committed grid cell end to end, but its ~1600 steps magnify last-bit float differences (another CPU,
 another thread count) into a few flipped rankings, so that comparison can only be loose. After 28
 steps the same differences are still last-bit: each log-prob must match to RTOL.
 
@@ -16,30 +16,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from tiny_run import TINY
 
 from capo_tutorial.config import profile_config
 from capo_tutorial.training import train
 
 COMMITTED = Path(__file__).resolve().parent / "data" / "short_run_logps.csv"
-# The smoke profile, shrunk: 2 languages, a 1-layer model, 12 SFT and 16 preference steps, 20% flipped.
-SHORT_RUN = dict(
-    languages=["en", "ru"],
-    testbed_train=160,
-    testbed_eval=48,
-    max_length=48,
-    batch_size=8,
-    sft_steps=12,
-    max_steps=16,
-    tiny_hidden_size=32,
-    tiny_layers=1,
-    tiny_vocab_size=320,
-    eval_batch_size=48,
-    log_every=4,
-    progress="none",
-    sft_cache=False,
-    noise=0.2,
-    seed=0,
-)
+# The unit tests' tiny run (tests/tiny_run.py) with 20% of its training labels flipped.
+SHORT_RUN = {**TINY, "progress": "none", "noise": 0.2, "seed": 0}
 METHODS = {"dpo": ("dpo", {}), "capo": ("capo", {"gamma": 1.0, "confidence": "reference", "tau": 0.25})}
 COLUMNS = [
     "policy_chosen_logps",

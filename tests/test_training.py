@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny_run import TINY
 
 from capo_tutorial.checkpoint import latest_checkpoint
 from capo_tutorial.cli import main
@@ -23,24 +24,6 @@ from capo_tutorial.config import profile_config
 from capo_tutorial.logprobs import concatenated_logps
 from capo_tutorial.reference import Reference, precompute_reference_logps
 from capo_tutorial.training import TrainingDivergedError, train
-
-# A run small enough for a unit test: 2 languages, a 1-layer model, a few steps of each stage.
-TINY = dict(
-    languages=["en", "ru"],
-    testbed_train=160,
-    testbed_eval=48,
-    max_length=48,
-    batch_size=8,
-    sft_steps=12,
-    max_steps=16,
-    tiny_hidden_size=32,
-    tiny_layers=1,
-    tiny_vocab_size=320,
-    eval_batch_size=48,
-    log_every=4,
-    progress="lines",
-    sft_cache=False,
-)
 
 
 def tiny_config(tmp_path: Path, **changes):
