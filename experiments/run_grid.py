@@ -112,48 +112,24 @@ def _noise_type_methods() -> list[Method]:
     return _tuned("dpo", "capo", "filter-dpo", _strongest_baseline())
 
 
+def _in_regime(methods, seeds: list[int], noises: list[float], **changes) -> dict:
+    """A grid of the experiment regime: the smoke profile with EXPERIMENT_REGIME and ``changes``."""
+    overrides = {**EXPERIMENT_REGIME, **changes}
+    return dict(methods=methods, seeds=seeds, noises=noises, profile="smoke", overrides=overrides)
+
+
 GRIDS = {
     # One tuning budget for every method (capo_tutorial.experiments.TUNING), on the validation split,
     # with seeds never reported; scale1 and the noise grids run each method as it chose.
-    "tune": dict(
-        methods=_tuning_variants,
-        seeds=SWEEP_SEEDS,
-        noises=[0.2, 0.4],
-        profile="smoke",
-        overrides={**EXPERIMENT_REGIME, "eval_split": "validation"},
-    ),
-    "scale1": dict(
-        methods=_tuned,
-        seeds=REPORTED_SEEDS,
-        noises=[0.0, 0.1, 0.2, 0.3, 0.4],
-        profile="smoke",
-        overrides=dict(EXPERIMENT_REGIME),
-    ),
+    "tune": _in_regime(_tuning_variants, SWEEP_SEEDS, [0.2, 0.4], eval_split="validation"),
+    "scale1": _in_regime(_tuned, REPORTED_SEEDS, [0.0, 0.1, 0.2, 0.3, 0.4]),
     # Noise as multilingual data has it, at 30% flipped on average: DPO, CAPO, filtering and the
     # strongest scale-1 baseline there.
-    "noise-near-miss": dict(
-        methods=_noise_type_methods,
-        seeds=REPORTED_SEEDS,
-        noises=[0.3],
-        profile="smoke",
-        overrides={**EXPERIMENT_REGIME, "noise_pattern": "near-miss"},
-    ),
+    "noise-near-miss": _in_regime(_noise_type_methods, REPORTED_SEEDS, [0.3], noise_pattern="near-miss"),
+    "noise-by-tier": _in_regime(_noise_type_methods, REPORTED_SEEDS, [0.3], noise_pattern="by-tier"),
     # Russian and Arabic near misses ending in 7 answered with n+1 in every training pair: a consistent,
     # learnable error, scored on the test pairs the rule would flip (margin_class systematic-candidate).
-    "systematic": dict(
-        methods=_noise_type_methods,
-        seeds=REPORTED_SEEDS,
-        noises=[0.0],
-        profile="smoke",
-        overrides={**EXPERIMENT_REGIME, "systematic_noise": ["ru", "ar"]},
-    ),
-    "noise-by-tier": dict(
-        methods=_noise_type_methods,
-        seeds=REPORTED_SEEDS,
-        noises=[0.3],
-        profile="smoke",
-        overrides={**EXPERIMENT_REGIME, "noise_pattern": "by-tier"},
-    ),
+    "systematic": _in_regime(_noise_type_methods, REPORTED_SEEDS, [0.0], systematic_noise=["ru", "ar"]),
     "sweep": dict(
         methods=_sweep_methods,
         seeds=[0],
