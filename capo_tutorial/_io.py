@@ -1,8 +1,12 @@
-"""Atomic writes: a file or folder appears under its final name complete, or not at all.
+"""Atomic writes, and locks between processes that share a file.
 
-The content is written under a temporary name beside the target, flushed to disk (fsync), then
-renamed onto the target (``os.replace``, atomic on POSIX and Windows), so that a crash or a reader
-in another process never sees half a file. Checkpoints, grid manifests and benchmark reports use it.
+Atomic writes: a file or folder appears under its final name complete, or not at all. The content
+is written under a temporary name beside the target, flushed to disk (fsync), then renamed onto the
+target (``os.replace``, atomic on POSIX and Windows), so that a crash or a reader in another process
+never sees half a file. Checkpoints, grid manifests and benchmark reports use it.
+
+:func:`exclusive_lock` lets one process at a time work on a shared file (grid results, a cached
+warm-up).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "write_text_atomic"]
+__all__ = ["atomic_path", "exclusive_lock", "write_text_atomic"]
 
 
 @contextlib.contextmanager
@@ -57,3 +61,23 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
     elif path.exists():
         path.unlink()
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``path`` + ".lock" (created with its folder) while the block
+    runs: another process asking for the same lock waits. Where the OS has no ``fcntl`` (Windows) the
+    block runs unlocked."""
+    lock_path = Path(path).with_name(Path(path).name + ".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as lock:
+        try:
+            import fcntl
+        except ImportError:
+            yield
+            return
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

@@ -24,7 +24,6 @@ stopped) and writes ``manifest.json`` with the exact command, commit, profile an
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import platform
@@ -41,7 +40,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from capo_tutorial._io import write_text_atomic
+from capo_tutorial._io import exclusive_lock, write_text_atomic
 from capo_tutorial.config import profile_config
 from capo_tutorial.evaluation import score_pairs
 from capo_tutorial.losses import CAPO_DEFAULTS, LOSSES, _per_token_margin
@@ -349,11 +348,7 @@ def run_grid(
 def _append_rows(rows: pd.DataFrame, results_path: Path) -> None:
     """Append one run's rows under an exclusive lock, so that several grid processes (one per noise
     rate, say, each with one thread) can share a results folder; the header is written once."""
-    with open(results_path.with_name(results_path.name + ".lock"), "w") as lock:
-        with contextlib.suppress(ImportError):  # no fcntl on Windows: one process per folder there
-            import fcntl
-
-            fcntl.flock(lock, fcntl.LOCK_EX)
+    with exclusive_lock(results_path):  # no lock on Windows: one process per folder there
         header = not results_path.exists() or results_path.stat().st_size == 0
         if not header:
             existing = list(pd.read_csv(results_path, nrows=0).columns)

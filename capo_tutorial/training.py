@@ -38,6 +38,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from transformers import get_scheduler
 
+from capo_tutorial._io import exclusive_lock
 from capo_tutorial.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -173,19 +174,8 @@ def _one_warmup_at_a_time(config: RunConfig, components: Components) -> Iterator
     if not (config.sft_cache and config.sft_steps) or int(os.environ.get("WORLD_SIZE", "1")) > 1:
         yield
         return
-    try:
-        import fcntl
-    except ImportError:  # Windows: no advisory locks; concurrent runs then each make the warm-up
+    with exclusive_lock(reference_weights_path(config, components)):  # Windows: unlocked
         yield
-        return
-    path = reference_weights_path(config, components)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def make_accelerator(config: RunConfig) -> Accelerator:
