@@ -77,7 +77,7 @@ REGIME_NOISES = {
     "12k-3ep-sft1250": [0.0],
     "6k-5ep-sft1000": [0.0],
 }
-SWEEP_SEEDS = [100, 101]  # disjoint from the reported seeds 0-4
+SWEEP_SEEDS = [100]  # disjoint from the reported seeds 0-4; one, to fit the budget
 
 
 def _tuning_variants() -> list[Method]:
@@ -122,7 +122,7 @@ GRIDS = {
     # One tuning budget for every method (capo_tutorial.experiments.TUNING), on the validation split,
     # with seeds never reported; scale1 and the noise grids run each method as it chose.
     "tune": _in_regime(_tuning_variants, SWEEP_SEEDS, [0.2, 0.4], eval_split="validation"),
-    "scale1": _in_regime(_tuned, REPORTED_SEEDS, [0.0, 0.1, 0.2, 0.3, 0.4]),
+    "scale1": _in_regime(_tuned, REPORTED_SEEDS, [0.0, 0.2, 0.4]),
     # Noise as multilingual data has it, at 30% flipped on average: DPO, CAPO, filtering and the
     # strongest scale-1 baseline there.
     "noise-near-miss": _in_regime(_noise_type_methods, REPORTED_SEEDS, [0.3], noise_pattern="near-miss"),
