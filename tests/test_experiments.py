@@ -24,7 +24,8 @@ from capo_tutorial.experiments import (
 )
 from capo_tutorial.losses import LOSSES
 
-RESULTS = Path(__file__).resolve().parent.parent / "experiments" / "results"
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "experiments" / "results"
 
 
 def _written_by_run_grid(folder: Path) -> bool:
@@ -47,6 +48,22 @@ COLUMNS_BEFORE_LIKELIHOOD = [c for c in RESULT_COLUMNS if c != "likelihood_accur
 RECOMPUTE_TOLERANCE = {"accuracy": 0.06, "reference_accuracy": 0.05, "flipped_memorised": 0.05}
 
 
+def _grids_the_book_reads() -> set[str]:
+    """The grid names quoted on the chapters' ``load_grid`` lines (book/*.ipynb)."""
+    lines = (
+        line
+        for notebook in (ROOT / "book").glob("*.ipynb")
+        for cell in json.loads(notebook.read_text())["cells"]
+        for line in "".join(cell["source"]).splitlines()
+        if "load_grid(" in line
+    )
+    return {name for line in lines for name in re.findall(r'"([\w/-]+)"', line)}
+
+
+# They must have run to their end; a grid still running may be committed cell by cell.
+GRIDS_THE_BOOK_READS = _grids_the_book_reads()
+
+
 @pytest.mark.parametrize("grid", GRIDS)
 def test_committed_results_match_their_schema(grid):
     frame = pd.read_csv(RESULTS / grid / "results.csv")
@@ -62,8 +79,11 @@ def test_committed_results_match_their_schema(grid):
     overall = select(frame)
     assert not overall.duplicated(["method", "seed", "noise"]).any()
     manifest = json.loads((RESULTS / grid / "manifest.json").read_text())
-    for key in ("command", "commit", "profile", "versions", "grid", "finished"):
+    for key in ("command", "commit", "profile", "versions", "grid"):
         assert key in manifest, key
+    if "finished" not in manifest:  # a grid still running, committed cell by cell: nothing reads it yet
+        assert grid not in GRIDS_THE_BOOK_READS, f"{grid} is read by the book but has not finished"
+        return
     planned = manifest["grid"]
     assert set(overall.method) == set(planned["methods"])
     assert set(overall.noise) == set(planned["noises"])
