@@ -10,14 +10,16 @@ import pandas as pd
 import pytest
 from tiny_run import TINY
 
-from capo_tutorial.analysis import select
+from capo_tutorial.analysis import Grid, load_grid, select
 from capo_tutorial.config import profile_config
 from capo_tutorial.experiments import (
     METHODS,
+    RECOMPUTE_TOLERANCE,
     RESULT_COLUMNS,
     SYSTEMATIC_CANDIDATES,
     TRUE_NOISE_RATE,
     TUNING,
+    recompute_cell,
     run_grid,
     run_one,
     tuned_methods,
@@ -37,15 +39,6 @@ GRIDS = sorted(p.parent.name for p in RESULTS.glob("*/results.csv") if _written_
 
 # Grids computed before the policy's own likelihood ranking was recorded lack that last column.
 COLUMNS_BEFORE_LIKELIHOOD = [c for c in RESULT_COLUMNS if c != "likelihood_accuracy"]
-
-# A rerun may differ in the last float bits (another CPU's kernels, another thread count), and many
-# steps carry that into a few of 400 test pairs' rankings. The slice (1,500 warm-up and 100 preference
-# steps) rerun here with two threads and a cold cache matched the committed one-thread run in every
-# row, to the last digit. The earlier, longer recomputed cell (1,500 + 300 steps) moved by up to 0.0175
-# in accuracy, 0.015 in reference accuracy and memorised flips between reruns on other machines and
-# thread counts; each tolerance is at least 3 times those. This is the end-to-end guard against gross
-# changes; the tight one, pair by pair, is tests/test_short_run_numbers.py.
-RECOMPUTE_TOLERANCE = {"accuracy": 0.06, "reference_accuracy": 0.05, "flipped_memorised": 0.05}
 
 
 def _grids_the_book_reads() -> set[str]:
@@ -136,6 +129,24 @@ def test_run_grid_writes_rows_manifest_and_resumes(tmp_path, monkeypatch):
     assert "finished" in final
 
 
+def test_a_recomputed_cell_runs_as_its_manifest_recorded(monkeypatch, tmp_path):
+    """The method's settings, profile and overrides come from the manifest, not today's defaults."""
+    recorded = dict(name="capo", loss="capo", params={"confidence": "reference", "tau": 0.9}, config={})
+    manifest = {"profile": "smoke", "overrides": {"max_steps": 7}, "methods": {"capo": recorded}}
+    grid = Grid(name="old", results=pd.DataFrame(), manifest=manifest)
+    calls = []
+    monkeypatch.setattr(
+        "capo_tutorial.experiments.run_one", lambda method, **kw: calls.append((method, kw)) or (None, None)
+    )
+    recompute_cell(grid, "capo", seed=3, noise=0.2, output_dir=tmp_path, progress="none")
+    ((method, kwargs),) = calls
+    assert method.params["tau"] == 0.9 != METHODS["capo"].params["tau"]
+    assert kwargs["max_steps"] == 7 and kwargs["profile"] == "smoke" and kwargs["progress"] == "none"
+    assert (kwargs["seed"], kwargs["noise"]) == (3, 0.2)
+    with pytest.raises(ValueError, match="not a method of the old grid"):
+        recompute_cell(grid, "capo-typo", seed=0, noise=0.2, output_dir=tmp_path)
+
+
 @pytest.mark.slow
 @pytest.mark.xdist_group("smoke-warm-up")  # first, one file on one worker (tests/conftest.py): one warm-up
 @pytest.mark.skipif("slice" not in GRIDS, reason="the slice grid has not been committed yet")
@@ -145,17 +156,10 @@ def test_the_committed_slice_recomputes(tmp_path, method):
     manifest records: the guard that a change left the numerics alone. The first cell pays the smoke
     warm-up (about four minutes on one core), which chapter 8 then reuses; each cell is then under a
     minute. See RECOMPUTE_TOLERANCE for what a rerun may move, and why."""
-    committed = pd.read_csv(RESULTS / "slice" / "results.csv")
-    manifest = json.loads((RESULTS / "slice" / "manifest.json").read_text())
-    row = select(committed, method=method).iloc[0]
-    rows, _ = run_one(
-        METHODS[method],
-        profile=manifest["profile"],
-        seed=int(row.seed),
-        noise=float(row.noise),
-        output_dir=tmp_path,
-        progress="none",
-        **manifest["overrides"],
+    grid = load_grid("slice", RESULTS)
+    row = select(grid.results, method=method).iloc[0]
+    rows = recompute_cell(
+        grid, method, seed=int(row.seed), noise=float(row.noise), output_dir=tmp_path, progress="none"
     )
     now = select(rows).iloc[0]
     assert now.n == row.n
