@@ -38,6 +38,7 @@ import pandas as pd
 from numpy.typing import ArrayLike
 
 __all__ = [
+    "REFERENCE",
     "RESULTS_ENV",
     "Grid",
     "against_each_baseline",
@@ -53,6 +54,7 @@ __all__ = [
     "require_columns",
     "select",
     "summarise_seeds",
+    "with_reference_rows",
 ]
 
 RESULTS_ENV = "CAPO_RESULTS_DIR"
@@ -279,6 +281,40 @@ def paired_differences(
     return paired.reset_index(drop=True)
 
 
+REFERENCE = "reference"
+"""The method name :func:`with_reference_rows` gives the reference model's rows."""
+
+
+def with_reference_rows(runs: pd.DataFrame) -> pd.DataFrame:
+    """``runs`` plus one row per run's warm-up: the reference model as a method of its own.
+
+    The reference is scored by its own per-token likelihood ranking (``reference_accuracy``); its
+    row carries that in ``accuracy`` and ``likelihood_accuracy`` alike, so that a policy is compared
+    with it on one scale by ``value="likelihood_accuracy"``. Runs of one seed and noise rate share a
+    warm-up, so one reference row is kept per (seed, noise, systematic, language, margin_class).
+
+    Args:
+        runs: tidy result rows with ``reference_accuracy`` (SimPO's NaN rows are skipped).
+
+    Returns:
+        ``runs`` with the reference rows appended (method :data:`REFERENCE`; the policy's own columns,
+        such as margin and flipped_memorised, NaN there).
+    """
+    require_columns(runs, ["method", "seed", "reference_accuracy"])
+    keys = [k for k in ("seed", "noise", "systematic", "language", "margin_class") if k in runs.columns]
+    warm_ups = runs.dropna(subset=["reference_accuracy"]).drop_duplicates(keys)
+    reference = warm_ups.assign(
+        method=REFERENCE,
+        accuracy=warm_ups.reference_accuracy,
+        likelihood_accuracy=warm_ups.reference_accuracy,
+    )
+    policy_only = [
+        c for c in ("loss", "params", "margin", "ece", "flipped_memorised", "steps", "seconds") if c in runs
+    ]
+    reference[policy_only] = np.nan  # what the policy's training measured, not the reference
+    return pd.concat([runs, reference], ignore_index=True)
+
+
 def _t_quantile(probability: float, dof: int) -> float:
     """Quantile of Student's t with ``dof`` degrees of freedom (probability in (0.5, 1)): bisection on
     its CDF, integrated numerically (no SciPy needed; accurate to ~1e-6 for dof >= 1)."""
@@ -324,20 +360,23 @@ def improvement_over_baseline(
     baseline: str = "dpo",
     value: str = "accuracy",
     by: Sequence[str] = ("method", "noise"),
+    level: float = 0.95,
 ) -> pd.DataFrame:
     """How much each method improves on the baseline, in absolute points and relative to the baseline.
 
     Args:
-        frame: one row per run (and cell), as for :func:`paired_differences`.
+        frame: one row per run (and cell), as for :func:`paired_differences`; add the reference
+            model as a method with :func:`with_reference_rows` to compare against it.
         baseline: the method compared against.
         value: the metric (a fraction, e.g. reward accuracy).
         by: the groups to report; must include "method".
+        level: the intervals' coverage (e.g. ``1 - 0.05 / m`` for m comparisons, Bonferroni).
 
     Returns:
         DataFrame with the ``by`` columns and: mean (the method's mean over seeds), baseline_mean,
         absolute_points (100 x the mean paired difference: percentage points), difference_std
-        (100 x the std of the paired differences over seeds, points), ci_low and ci_high (the 95%
-        paired Student-t interval of absolute_points), relative_percent (100 x (mean -
+        (100 x the std of the paired differences over seeds, points), ci_low and ci_high (the paired
+        Student-t interval of absolute_points at ``level``), relative_percent (100 x (mean -
         baseline_mean) / baseline_mean), error_reduction_percent (100 x the share of the
         baseline's errors, 1 - baseline_mean, that the method removes; negative when it adds
         errors), wins (seeds where the method beats the baseline strictly) and seeds.
@@ -356,7 +395,7 @@ def improvement_over_baseline(
             "seeds": grouped["difference"].size(),
         }
     )
-    intervals = grouped["difference"].apply(lambda d: paired_interval(d.to_numpy()))
+    intervals = grouped["difference"].apply(lambda d: paired_interval(d.to_numpy(), level))
     table["ci_low"] = [100 * interval[1] for interval in intervals]
     table["ci_high"] = [100 * interval[2] for interval in intervals]
     table.insert(3, "relative_percent", 100 * (table["mean"] / table["baseline_mean"] - 1))

@@ -166,6 +166,37 @@ def test_improvement_over_baseline_reads_both_ways():
         analysis.improvement_over_baseline(fake_results(), by=("noise",))
 
 
+def test_the_reference_becomes_a_method_compared_on_its_own_scale():
+    runs = analysis.select(fake_results(methods=("dpo", "capo", "simpo")))
+    runs["reference_accuracy"] = np.where(runs.method == "simpo", np.nan, 0.6 + 0.01 * runs.seed)
+    runs["likelihood_accuracy"] = runs.accuracy - 0.05
+    both = analysis.with_reference_rows(runs)
+    reference = both[both.method == analysis.REFERENCE]
+    assert len(reference) == 6, "one row per warm-up (seed x noise), whichever methods shared it"
+    assert (reference.likelihood_accuracy == reference.reference_accuracy).all()
+    assert reference.flipped_memorised.isna().all() and reference.margin.isna().all()
+    table = analysis.improvement_over_baseline(both, baseline=analysis.REFERENCE, value="likelihood_accuracy")
+    capo = table[(table.method == "capo") & (table.noise == 0.0)].iloc[0]
+    assert capo["absolute_points"] == pytest.approx(
+        100 * (0.8 - 0.05 - 0.6)
+    )  # fake_results: 0.8 - noise/2 + seed
+    assert capo["baseline_mean"] == pytest.approx(0.61)
+
+
+def test_a_wider_level_gives_a_wider_interval():
+    def accuracy(method, seed, noise, language):
+        return 0.5 + (0.02 * seed**2 if method == "capo" else 0.0)
+
+    frame = analysis.select(fake_results(accuracy))
+    usual, corrected = (
+        analysis.improvement_over_baseline(frame, level=level)
+        .set_index(["method", "noise"])
+        .loc[("capo", 0.2)]
+        for level in (0.95, 1 - 0.05 / 6)
+    )
+    assert corrected.ci_low < usual.ci_low < usual.absolute_points < usual.ci_high < corrected.ci_high
+
+
 @pytest.mark.parametrize(
     "dof, quantile",  # t_{0.975} from printed tables
     [(1, 12.7062), (2, 4.3027), (4, 2.7764), (9, 2.2622), (30, 2.0423)],
