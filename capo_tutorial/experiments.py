@@ -99,6 +99,10 @@ TRUE_NOISE_RATE = "true-noise"
 """A parameter value that stands for the cell's flip rate: cDPO and robust DPO told the truth."""
 
 
+FILTER_TAU = 0.25
+"""The temperature at which filter-dpo's confidence thresholds are read (see TUNING)."""
+
+
 # The methods of the experiments. "capo" is CAPO_DEFAULTS, the variant the sweep grid chose on the
 # validation split (best mean validation reward accuracy at 20% and 40% flipped labels; see
 # experiments/README.md); "capo-sigmoid" is the implicit-reward source, the sweep's reading of the
@@ -116,7 +120,7 @@ METHODS: dict[str, Method] = {
         Method("capo-sigmoid", "capo", {"confidence": "sigmoid", "tau": 1.0, "gamma": 1.0}),
         # "Audit, drop, then DPO": the pairs whose reference confidence is below 0.5 (d_ref < 0, the
         # audit's default flag, capo_tutorial.audit) are dropped, the rest trained with plain DPO.
-        Method("filter-dpo", "dpo", config={"drop_suspect_pairs": {"threshold": 0.5}}),
+        Method("filter-dpo", "dpo", config={"drop_suspect_pairs": {"threshold": 0.5, "tau": FILTER_TAU}}),
     ]
 }
 
@@ -162,7 +166,9 @@ TUNING: dict[str, list[Method]] = {
         dataclasses.replace(
             METHODS["filter-dpo"],
             name=f"filter-dpo[{rule}={value}]",
-            config={"drop_suspect_pairs": {rule: value}},
+            # tau pinned: a confidence threshold means the same per-token margin whatever CAPO_DEFAULTS
+            # become (0.3 / 0.5 / 0.7 at tau 0.25: d_ref below -0.21 / 0 / +0.21 nats per token)
+            config={"drop_suspect_pairs": {rule: value, "tau": FILTER_TAU}},
         )
         for rule, value in [("threshold", 0.5), ("threshold", 0.3), ("threshold", 0.7), ("fraction", 0.2)]
     ],
