@@ -45,6 +45,7 @@ __all__ = [
     "find_results_dir",
     "format_mean_spread",
     "improvement_over_baseline",
+    "interval_half_width",
     "language_statistics",
     "load_grid",
     "paired_differences",
@@ -349,10 +350,18 @@ def paired_interval(differences: ArrayLike, level: float = 0.95) -> tuple[float,
     if len(values) == 0:
         return float("nan"), float("nan"), float("nan")
     mean = float(values.mean())
-    if len(values) < 2:
-        return mean, float("nan"), float("nan")
-    half = _t_quantile(0.5 + level / 2, len(values) - 1) * float(values.std(ddof=1)) / math.sqrt(len(values))
+    half = interval_half_width(
+        float(values.std(ddof=1)) if len(values) > 1 else float("nan"), len(values), level
+    )
     return mean, mean - half, mean + half
+
+
+def interval_half_width(std: float, n: int, level: float = 0.95) -> float:
+    """Half the width of the two-sided Student-t interval of a mean of ``n`` values with sample
+    standard deviation ``std`` (ddof 1); NaN for fewer than two values."""
+    if n < 2 or math.isnan(std):
+        return float("nan")
+    return _t_quantile(0.5 + level / 2, n - 1) * std / math.sqrt(n)
 
 
 def improvement_over_baseline(

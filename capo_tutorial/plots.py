@@ -31,7 +31,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
-from capo_tutorial.analysis import require_columns, summarise_seeds
+from capo_tutorial.analysis import interval_half_width, require_columns, summarise_seeds
 from capo_tutorial.losses import ConfidenceSignals, capo_weights, preference_loss
 from capo_tutorial.metrics import accuracy_interval
 
@@ -1127,7 +1127,7 @@ __all__ += [
     "plot_sweep",
 ]
 
-_SPREADS = {"sd": "± standard deviation", "range": "min–max"}
+_SPREADS = {"sd": "± standard deviation", "range": "min–max", "ci": "± 95% t-interval"}
 
 
 def _language_order(values: Sequence[str]) -> list[str]:
@@ -1148,9 +1148,13 @@ def _seed_summary(rows: pd.DataFrame, y: str, x: str) -> pd.DataFrame:
 
 def _spread(summary: pd.Series, spread: str) -> tuple[float, float]:
     """(below, above) the mean of a ``summarise_seeds`` row: one standard deviation each way (0 for
-    one seed), or the distance to min and max."""
+    one seed), the distance to min and max, or half the 95% Student-t interval of the mean (for
+    paired differences: the paired interval; 0 for one seed)."""
     if spread == "range":
         return summary["mean"] - summary["min"], summary["max"] - summary["mean"]
+    if spread == "ci":
+        half = interval_half_width(float(summary["std"]), int(summary["seeds"]))
+        return (0.0, 0.0) if math.isnan(half) else (half, half)
     deviation = 0.0 if pd.isna(summary["std"]) else float(summary["std"])
     return deviation, deviation
 
@@ -1183,7 +1187,8 @@ def plot_metric_by_language(
     Args:
         runs: one row per run and language (the tidy rows of a grid, one margin class), with the
             columns ``x``, ``y``, ``hue`` and seed. The pooled language "all" is drawn last.
-        spread: "sd" (± one standard deviation over seeds) or "range" (min to max).
+        spread: "sd" (± one standard deviation over seeds), "range" (min to max) or "ci" (the 95%
+            Student-t interval of the mean).
         ylabel: the y-axis label, with units (e.g. "reward margin (nats)").
         chance: draw a dotted line at this value (None: none).
         ax: draw into this axes.
@@ -1262,7 +1267,7 @@ def plot_paired_differences(
         x: the categories along the x-axis (e.g. the method), in order of first appearance.
         hue: a column that splits each category (e.g. the noise rate), dodged; None: no split.
         scale: multiply the differences by this (100: fractions to percentage points).
-        spread: "sd" or "range" for the error bars.
+        spread: "sd", "range" or "ci" (the 95% paired interval over seeds) for the error bars.
         ylabel: the y-axis label, with units.
         hue_format: formats a numeric hue level for the legend.
         ax: draw into this axes.

@@ -598,6 +598,24 @@ def test_plot_paired_differences_draws_the_mean_difference_per_method_and_noise(
         plots.plot_paired_differences(differences.drop(columns="difference"))
 
 
+def test_plot_paired_differences_can_show_the_paired_interval():
+    from capo_tutorial.analysis import improvement_over_baseline, paired_differences
+
+    runs = grid_rows(methods=("dpo", "capo"))
+    runs = runs[runs.language == "all"]
+    runs.loc[runs.method == "capo", "accuracy"] += 0.01 * runs.loc[runs.method == "capo", "seed"] ** 2
+    fig = plots.plot_paired_differences(paired_differences(runs), spread="ci")
+    table = improvement_over_baseline(runs).set_index("noise")
+    containers = [c for c in fig.axes[0].containers if isinstance(c, ErrorbarContainer)]
+    for container, noise in zip(containers, table.index, strict=True):
+        ((bottom, top),) = [segment[:, 1] for segment in container.lines[2][0].get_segments()]
+        assert (bottom, top) == (
+            pytest.approx(table.loc[noise, "ci_low"]),
+            pytest.approx(table.loc[noise, "ci_high"]),
+        )
+    assert "95% t-interval" in fig.axes[0].get_legend().get_title().get_text()
+
+
 def test_plot_difference_heatmap_is_centred_and_annotated():
     table = pd.DataFrame({"en": [1.5, -3.0], "ru": [np.nan, 0.5]}, index=["capo", "rdpo"])
     fig = plots.plot_difference_heatmap(table)
