@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EXPERIMENT_REGIME",
+    "FILTER_TAU",
     "METHODS",
     "RECOMPUTE_TOLERANCE",
     "RESULT_COLUMNS",

@@ -24,7 +24,7 @@ from capo_tutorial.audit import (
 from capo_tutorial.cli import main
 from capo_tutorial.config import profile_config
 from capo_tutorial.data import PreferenceCollator
-from capo_tutorial.experiments import METHODS
+from capo_tutorial.experiments import FILTER_TAU, METHODS
 from capo_tutorial.losses import CAPO_DEFAULTS, capo_loss
 
 # A smoke profile small enough to warm up in seconds (the real one takes minutes).
@@ -282,7 +282,10 @@ def test_drop_rule_is_validated_by_the_run_config():
         profile_config("smoke", drop_suspect_pairs={"fraction": 0.2, "threshold": 0.5})
     with pytest.raises(ValueError, match="unknown keys"):
         profile_config("smoke", drop_suspect_pairs={"share": 0.2})
-    assert METHODS["filter-dpo"].config_changes()["drop_suspect_pairs"] == {"threshold": 0.5}
+    assert METHODS["filter-dpo"].config_changes()["drop_suspect_pairs"] == {
+        "threshold": 0.5,
+        "tau": FILTER_TAU,
+    }
     assert METHODS["filter-dpo"].config_changes()["loss"] == "dpo"
 
 
