@@ -55,6 +55,7 @@ __all__ = [
     "FILTER_TAU",
     "METHODS",
     "RECOMPUTE_TOLERANCE",
+    "REGIME_CANDIDATES",
     "RESULT_COLUMNS",
     "SYSTEMATIC_CANDIDATES",
     "TRUE_NOISE_RATE",
@@ -133,6 +134,22 @@ METHODS: dict[str, Method] = {
 # candidates of experiments/run_grid.py (REGIME_CANDIDATES; results in experiments/results/regime/):
 # clean DPO 0.85, 21 points above the warmed-up reference's own ranking (0.64), and 0.55 at 40% flipped.
 EXPERIMENT_REGIME: dict[str, Any] = {"testbed_train": 12000, "sft_steps": 1000, "max_steps": 3750}
+
+# The candidates EXPERIMENT_REGIME was chosen from, in the order they were tried: RunConfig changes to the
+# smoke profile (eval_every: evaluate after each epoch). experiments/run_grid.py runs each as the grid
+# regime/<name> (DPO, validation split, sweep seed 100); chapter 5 tabulates what each gave.
+REGIME_CANDIDATES: dict[str, dict[str, Any]] = {
+    "3k-4ep": dict(testbed_train=3000, sft_steps=375, max_steps=750),
+    "12k-2ep": dict(testbed_train=12000, sft_steps=1500, max_steps=1500),
+    "12k-2ep-sft500": dict(testbed_train=12000, sft_steps=500, max_steps=1500),
+    "12k-3ep-sft1000": dict(testbed_train=12000, sft_steps=1000, max_steps=2250, eval_every=750),
+    "12k-3ep-sft1250": dict(testbed_train=12000, sft_steps=1250, max_steps=2250, eval_every=750),
+    "12k-5ep-sft1000": dict(testbed_train=12000, sft_steps=1000, max_steps=3750, eval_every=750),
+    "6k-5ep-sft1000": dict(testbed_train=6000, sft_steps=1000, max_steps=1875, eval_every=375),
+    "12k-2ep-sft1000-lr2e-3": dict(
+        testbed_train=12000, sft_steps=1000, max_steps=1500, learning_rate=2e-3, eval_every=750
+    ),
+}
 
 
 def _variants(family: str, base: Method, **grid: list[Any]) -> list[Method]:

@@ -1,8 +1,8 @@
 """Run a named experiment grid and write tidy results + a manifest under experiments/results/<grid>/.
 
-    python experiments/run_grid.py sweep          # CAPO's defaults, chosen on the validation split
-    python experiments/run_grid.py scale1         # smoke model: 7 methods x 3 seeds x 5 noise rates
-    python experiments/run_grid.py systematic     # one language pair's near misses flipped consistently
+    python experiments/run_grid.py tune           # every method's four settings, validation split
+    python experiments/run_grid.py scale1         # the tuned methods x seeds 0-4 x 0/20/40% flipped
+    python experiments/run_grid.py noise-by-tier  # flips by resource tier (also noise-near-miss, systematic)
     python experiments/run_grid.py scale2         # Gemma 3 270M + LoRA (cpu profile; needs [cpu-model])
     python experiments/run_grid.py scale1 --methods dpo capo --seeds 0 --noises 0.2   # a slice
 
@@ -19,7 +19,15 @@ from pathlib import Path
 import pandas as pd
 
 from capo_tutorial.analysis import select
-from capo_tutorial.experiments import EXPERIMENT_REGIME, METHODS, TUNING, Method, run_grid, tuned_methods
+from capo_tutorial.experiments import (
+    EXPERIMENT_REGIME,
+    METHODS,
+    REGIME_CANDIDATES,
+    TUNING,
+    Method,
+    run_grid,
+    tuned_methods,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 REPORTED_SEEDS = [0, 1, 2, 3, 4]
@@ -40,7 +48,8 @@ def _sweep_methods() -> list[Method]:
     return methods
 
 
-# How the experiment regime was chosen (validation split, sweep seed 100, never a reported seed):
+# How the experiment regime was chosen (validation split, sweep seed 100, never a reported seed), among
+# capo_tutorial.experiments.REGIME_CANDIDATES:
 # fewer pairs and more epochs, so that preference learning moves the policy well past the warmed-up
 # reference and flipped pairs can be memorised. 3k-4ep came first: its 375 SFT steps left the reference
 # at chance (0.49 on validation) and clean DPO at 0.60, so it ran clean only and the later candidates
@@ -56,18 +65,6 @@ def _sweep_methods() -> list[Method]:
 # / 0.80 / 0.85 / 0.85 after each, 21 points above its reference (0.64), and 0.55 at 40% flipped (30
 # points below): every goal met, so it is the regime (capo_tutorial.experiments.EXPERIMENT_REGIME).
 # Half the pairs for the same five epochs (6k-5ep-sft1000) would halve the cost but reached only 0.76.
-REGIME_CANDIDATES = {
-    "3k-4ep": dict(testbed_train=3000, sft_steps=375, max_steps=750),
-    "12k-2ep": dict(testbed_train=12000, sft_steps=1500, max_steps=1500),
-    "12k-2ep-sft500": dict(testbed_train=12000, sft_steps=500, max_steps=1500),
-    "12k-3ep-sft1000": dict(testbed_train=12000, sft_steps=1000, max_steps=2250, eval_every=750),
-    "12k-3ep-sft1250": dict(testbed_train=12000, sft_steps=1250, max_steps=2250, eval_every=750),
-    "12k-5ep-sft1000": dict(testbed_train=12000, sft_steps=1000, max_steps=3750, eval_every=750),
-    "6k-5ep-sft1000": dict(testbed_train=6000, sft_steps=1000, max_steps=1875, eval_every=375),
-    "12k-2ep-sft1000-lr2e-3": dict(
-        testbed_train=12000, sft_steps=1000, max_steps=1500, learning_rate=2e-3, eval_every=750
-    ),
-}
 # Candidates that failed on clean data ran clean only; the others: clean and 40% flipped.
 REGIME_NOISES = {
     "3k-4ep": [0.0],

@@ -13,8 +13,10 @@ from tiny_run import TINY
 from capo_tutorial.analysis import Grid, load_grid, select
 from capo_tutorial.config import profile_config
 from capo_tutorial.experiments import (
+    EXPERIMENT_REGIME,
     METHODS,
     RECOMPUTE_TOLERANCE,
+    REGIME_CANDIDATES,
     RESULT_COLUMNS,
     SYSTEMATIC_CANDIDATES,
     TRUE_NOISE_RATE,
@@ -175,6 +177,14 @@ def test_every_method_gets_the_same_tuning_budget():
         assert len({m.name for m in variants}) == 4
         untuned = profile_config("smoke", **METHODS[family].config_changes(0.2))
         assert profile_config("smoke", **variants[0].config_changes(0.2)) == untuned, "first = untuned"
+
+
+def test_the_regime_is_one_of_its_candidates():
+    chosen = [
+        name for name, changes in REGIME_CANDIDATES.items() if changes.items() >= EXPERIMENT_REGIME.items()
+    ]
+    assert len(chosen) == 1, "EXPERIMENT_REGIME is the pick among REGIME_CANDIDATES (eval_every aside)"
+    assert set(REGIME_CANDIDATES[chosen[0]]) - set(EXPERIMENT_REGIME) <= {"eval_every"}
 
 
 def test_the_true_noise_rate_becomes_the_cells_rate():
