@@ -2,6 +2,7 @@
 
 import functools
 import inspect
+from pathlib import Path
 
 import pytest
 import torch
@@ -197,6 +198,12 @@ def test_one_capo_default_everywhere():
     literal = preference_loss("capo", *logps, *reference, **lengths, confidence="sigmoid", tau=1.0)
     torch.testing.assert_close(default.weights, explicit.weights)
     assert not torch.allclose(default.weights, literal.weights), "the default is not the sigmoid source"
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    spelled = ", ".join(
+        f"{key}={value!r}" if isinstance(value, str) else f"{key}={value}"
+        for key, value in CAPO_DEFAULTS.items()
+    )
+    assert spelled.replace("'", '"') in readme, f"the README's CAPO defaults must read: {spelled}"
 
 
 def test_the_trl_config_runs_the_default_capo():
