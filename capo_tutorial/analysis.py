@@ -43,6 +43,7 @@ __all__ = [
     "Grid",
     "against_each_baseline",
     "find_results_dir",
+    "format_interval",
     "format_mean_spread",
     "improvement_over_baseline",
     "interval_half_width",
@@ -479,6 +480,14 @@ def format_mean_spread(mean: float, spread: float | None = None, digits: int = 3
     if spread is None or not np.isfinite(spread):
         return f"{mean:.{digits}f}"
     return f"{mean:.{digits}f} ± {spread:.{digits}f}"
+
+
+def format_interval(mean: float, low: float, high: float, digits: int = 1) -> str:
+    """'+4.2 [+1.0, +7.4]': a signed difference with its interval (e.g. points, from
+    :func:`improvement_over_baseline`); '+4.2' alone when the interval is missing (one seed)."""
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return f"{mean:+.{digits}f}"
+    return f"{mean:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]"
 
 
 # ----------------------------------------------------------------------------------------------

@@ -61,6 +61,7 @@ __all__ = [
     "TRUE_NOISE_RATE",
     "TUNING",
     "Method",
+    "chosen_variants",
     "grid_runs",
     "recompute_cell",
     "run_grid",
@@ -193,8 +194,9 @@ TUNING: dict[str, list[Method]] = {
 }
 
 
-def tuned_methods(results: pd.DataFrame) -> dict[str, Method]:
-    """Each family's best setting in a tuning grid's results, renamed to the family.
+def chosen_variants(results: pd.DataFrame) -> dict[str, Method]:
+    """Each family's best setting in a tuning grid's results, under its variant name
+    ("cdpo[label_smoothing=0.2]").
 
     The rule, the same for every method: the best mean validation reward accuracy over the grid's
     noise levels, seeds averaged first (:func:`capo_tutorial.analysis.rank_variants`); a tie goes to
@@ -219,8 +221,13 @@ def tuned_methods(results: pd.DataFrame) -> dict[str, Method]:
             continue
         ranked = rank_variants(rows)
         best = max(ranked.index, key=lambda name: (ranked.loc[name, "mean"], -names.index(name)))
-        chosen[family] = dataclasses.replace(variants[names.index(best)], name=family)
+        chosen[family] = variants[names.index(best)]
     return chosen
+
+
+def tuned_methods(results: pd.DataFrame) -> dict[str, Method]:
+    """:func:`chosen_variants` renamed to their families ("cdpo"): the methods the later grids run."""
+    return {family: dataclasses.replace(m, name=family) for family, m in chosen_variants(results).items()}
 
 
 SYSTEMATIC_CANDIDATES = "systematic-candidate"

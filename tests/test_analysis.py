@@ -228,6 +228,12 @@ def test_rank_variants_averages_noise_levels_equally():
     assert ranked.loc["a", "mean"] == pytest.approx(0.7) and "noise 0.2" in ranked.columns
 
 
+def test_format_interval():
+    assert analysis.format_interval(4.21, 1.04, 7.38) == "+4.2 [+1.0, +7.4]"
+    assert analysis.format_interval(-0.5, -2.0, 1.0, digits=2) == "-0.50 [-2.00, +1.00]"
+    assert analysis.format_interval(3.0, float("nan"), float("nan")) == "+3.0"
+
+
 def test_format_mean_spread():
     assert analysis.format_mean_spread(0.81234, 0.0129) == "0.812 ± 0.013"
     assert analysis.format_mean_spread(0.81234, float("nan")) == "0.812"

@@ -21,6 +21,7 @@ from capo_tutorial.experiments import (
     SYSTEMATIC_CANDIDATES,
     TRUE_NOISE_RATE,
     TUNING,
+    chosen_variants,
     recompute_cell,
     run_grid,
     run_one,
@@ -205,6 +206,10 @@ def test_tuned_methods_pick_each_familys_best_mean_over_noise_levels():
                     dict(method=method, seed=seed, noise=noise, accuracy=accuracy + 0.01 * (seed - 100))
                 )
     frame = pd.DataFrame(rows).assign(language="all", margin_class="all", eval_split="validation")
+    assert {f: m.name for f, m in chosen_variants(frame).items()} == {
+        "dpo": "dpo[beta=0.05]",
+        "capo": "capo[tau=0.25]",
+    }
     chosen = tuned_methods(frame)
     assert set(chosen) == {"dpo", "capo"}
     assert chosen["dpo"].name == "dpo" and chosen["dpo"].beta == 0.05
