@@ -23,6 +23,7 @@ from capo_tutorial.experiments import (
     EXPERIMENT_REGIME,
     METHODS,
     REGIME_CANDIDATES,
+    SCALE2_REGIME_CANDIDATES,
     TUNING,
     Method,
     run_grid,
@@ -166,6 +167,14 @@ GRIDS = {
         overrides={},
     ),
 }
+for _name, _changes in SCALE2_REGIME_CANDIDATES.items():
+    GRIDS[f"regime/{_name}"] = dict(
+        methods=lambda: ["dpo"],
+        seeds=SWEEP_SEEDS[:1],
+        noises=[0.0],
+        profile="cpu",
+        overrides={"eval_split": "validation", **_changes},
+    )
 for _name, _changes in REGIME_CANDIDATES.items():
     GRIDS[f"regime/{_name}"] = dict(
         methods=lambda: ["dpo"],

@@ -251,7 +251,8 @@ def test_the_grid_script_defines_every_grid_it_documents():
         and grids["tune"]["overrides"]["eval_split"] == "validation"
     )
     assert set(grids["tune"]["seeds"]).isdisjoint(grids["scale1"]["seeds"]), "sweep seeds are never reported"
-    for name in ("tune", "scale1", "systematic", "noise-near-miss", "noise-by-tier"):
+    regimes = [name for name in grids if name.startswith("regime/")]
+    for name in ("tune", "scale1", "systematic", "noise-near-miss", "noise-by-tier", *regimes):
         profile_config(grids[name]["profile"], **grids[name]["overrides"])  # a valid RunConfig
     documented = set(
         re.findall(r"`python experiments/run_grid.py ([\w/-]+)", (RESULTS.parent / "README.md").read_text())
