@@ -665,7 +665,8 @@ def drop_suspect_pairs(components, rule: Mapping[str, Any], *, batch_size: int =
     Reads the reference log-probs that ``reference='precomputed'`` added to the training pairs (or
     computes them with the reference model in the other modes), flags with :func:`flag_suspects`
     under ``rule`` ({"threshold": c} or {"fraction": f}, optional "tau", default CAPO's), and
-    rebuilds the length-grouped sampler over the pairs that remain.
+    rebuilds the length-grouped sampler over the pairs that remain. The dropped pairs are kept in
+    ``components.dropped_pairs`` (the experiments score memorisation over every flipped pair).
     """
     from capo_tutorial.data import LengthGroupedBatchSampler, pair_lengths
 
@@ -689,6 +690,7 @@ def drop_suspect_pairs(components, rule: Mapping[str, Any], *, batch_size: int =
     if len(keep) == 0:
         raise ValueError(f"drop_suspect_pairs={dict(rule)} flags every training pair: loosen the rule")
     components.train_dataset = dataset.select(keep)
+    components.dropped_pairs = dataset.select(np.flatnonzero(pairs.suspect.to_numpy()))
     sampler = components.train_sampler
     components.train_sampler = LengthGroupedBatchSampler(
         pair_lengths(components.train_dataset), sampler.batch_size, shuffle=sampler.shuffle, seed=sampler.seed

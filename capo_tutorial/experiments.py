@@ -37,6 +37,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import datasets
 import pandas as pd
 import torch
 
@@ -312,9 +313,13 @@ def recompute_cell(
 
 
 def _flipped_memorised(result: TrainResult) -> float:
-    """Share of the flipped training pairs whose noisy label the trained policy now agrees with."""
+    """Share of the flipped training pairs whose noisy label the trained policy now agrees with: all of
+    them, including those a filter dropped before training, so that filtering and weighting are scored
+    on the same pairs."""
     components = result.components
     train_set = components.train_dataset
+    if components.dropped_pairs is not None and len(components.dropped_pairs):
+        train_set = datasets.concatenate_datasets([train_set, components.dropped_pairs])
     if "flipped" not in train_set.column_names or not any(train_set["flipped"][:]):
         return float("nan")
     flipped = train_set.filter(lambda row: row["flipped"])

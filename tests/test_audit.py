@@ -24,7 +24,7 @@ from capo_tutorial.audit import (
 from capo_tutorial.cli import main
 from capo_tutorial.config import profile_config
 from capo_tutorial.data import PreferenceCollator
-from capo_tutorial.experiments import FILTER_TAU, METHODS
+from capo_tutorial.experiments import FILTER_TAU, METHODS, _flipped_memorised
 from capo_tutorial.losses import CAPO_DEFAULTS, capo_loss
 
 # A smoke profile small enough to warm up in seconds (the real one takes minutes).
@@ -312,6 +312,20 @@ def test_filter_dpo_trains_on_exactly_the_pairs_the_audit_keeps(tmp_path):
     assert fresh[columns].to_numpy() == pytest.approx(audit.pairs[columns].to_numpy(), abs=1e-4)
     assert 0 < audit.pairs.suspect.sum() < len(audit.pairs)
     assert kept == audit.pairs.pair_id[~audit.pairs.suspect].tolist()
+    assert sorted(result.components.dropped_pairs["pair_id"][:]) == sorted(
+        audit.pairs.pair_id[audit.pairs.suspect]
+    )
+    # memorisation is scored over every flipped training pair, the dropped ones included
+    scored = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(
+            "capo_tutorial.experiments.score_pairs",
+            lambda model, reference, dataset, *a, **k: (
+                scored.append(len(dataset)) or pd.DataFrame({"correct": [True]})
+            ),
+        )
+        _flipped_memorised(result)
+    assert scored == [int(audit.pairs.truth.sum())] and 0 < audit.pairs.truth[audit.pairs.suspect].sum()
     assert max(i for batch in result.components.train_sampler for i in batch) == len(kept) - 1
     # `capo audit --model RUN` rebuilds that run's reference: the same confidences as the profile's
     assert (
