@@ -84,8 +84,11 @@ class Grid:
 
     @property
     def finished(self) -> bool:
-        """True when the manifest records that the grid ran to its end."""
-        return "finished" in self.manifest
+        """True when the manifest records that the whole grid ran to its end (a slice's stamp, from a
+        command restricted by ``--methods``, ``--seeds`` or ``--noises``, does not count)."""
+        command = str(self.manifest.get("command", ""))
+        sliced = any(flag in command.split() for flag in ("--methods", "--seeds", "--noises"))
+        return "finished" in self.manifest and not sliced
 
     def completeness(self) -> pd.DataFrame:
         """Seeds done against seeds planned, per method and noise rate of the manifest's grid.

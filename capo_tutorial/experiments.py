@@ -411,22 +411,28 @@ def run_grid(
     noises: Sequence[float],
     profile: str = "smoke",
     command: str | None = None,
+    whole_grid: bool = True,
     **overrides: Any,
 ) -> pd.DataFrame:
     """Run every cell not already in ``out_dir/results.csv``; append rows run by run; write the manifest.
 
-    Several processes may work on one folder with disjoint slices (e.g. ``--noises 0.0 0.3`` and
-    ``--noises 0.1 0.4``): appends are locked. The manifest records the slice of the process that
-    wrote it last, so finish with one call over the whole grid, which finds every cell done and
-    records the full grid.
+    Several processes may work on one folder with disjoint slices (e.g. ``--noises 0.2`` and
+    ``--noises 0.4``, each with ``whole_grid=False``): appends are locked. The manifest records the
+    slice of the process that wrote it last and is stamped ``finished`` only by a whole-grid call, so
+    finish with one call over the whole grid, which finds every cell done and records the full grid.
+
+    A folder whose manifest records another profile or other overrides is refused: its cells would
+    be taken as done (they are keyed by method, seed and noise alone).
     """
     methods = [METHODS[m] if isinstance(m, str) else m for m in methods]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    _check_same_settings(out_dir, profile, overrides)
     results_path = out_dir / "results.csv"
     done = _done_cells(results_path)
     todo = [run for run in grid_runs(methods, seeds, noises) if (run[0].name, run[1], run[2]) not in done]
-    _write_manifest(out_dir, command, profile, methods, seeds, noises, overrides, started=bool(todo))
+    settings = (command, profile, methods, seeds, noises, overrides)
+    _write_manifest(out_dir, *settings, ran_cells=bool(todo), finished=whole_grid and not todo)
     for method, seed, noise in todo:
         start = time.perf_counter()
         run_dir = out_dir / "runs" / f"{method.name}-seed{seed}-noise{noise}"
@@ -438,8 +444,24 @@ def run_grid(
             f"margin {overall.margin:.3f} ({time.perf_counter() - start:.0f} s)",
             flush=True,
         )
-    _write_manifest(out_dir, command, profile, methods, seeds, noises, overrides, started=False)
+    _write_manifest(out_dir, *settings, ran_cells=False, finished=whole_grid)
     return pd.read_csv(results_path)
+
+
+def _check_same_settings(out_dir: Path, profile: str, overrides: dict[str, Any]) -> None:
+    """Refuse to add cells to a grid folder that was run with another profile or other overrides."""
+    path = out_dir / "manifest.json"
+    if not path.is_file():
+        return
+    recorded = json.loads(path.read_text())
+    theirs = (recorded.get("profile"), json.loads(json.dumps(recorded.get("overrides", {}), default=str)))
+    ours = (profile, json.loads(json.dumps(overrides, default=str)))
+    if theirs != ours:
+        raise ValueError(
+            f"{out_dir} holds a grid run with profile {theirs[0]!r} and overrides {theirs[1]}, not "
+            f"{ours[0]!r} and {ours[1]}: its cells would count as done. Write to a fresh folder (--out), "
+            "or move it away."
+        )
 
 
 def _append_rows(rows: pd.DataFrame, results_path: Path) -> None:
@@ -477,7 +499,11 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def _write_manifest(out_dir, command, profile, methods, seeds, noises, overrides, *, started: bool) -> None:
+def _write_manifest(
+    out_dir, command, profile, methods, seeds, noises, overrides, *, ran_cells: bool, finished: bool
+) -> None:
+    """Write ``manifest.json``: the slice this call runs, and the commit of the code if it runs cells;
+    stamped ``finished`` when the whole grid is done, otherwise the stamp is removed."""
     path = out_dir / "manifest.json"
     manifest = json.loads(path.read_text()) if path.exists() else {}
     packages = [
@@ -490,7 +516,7 @@ def _write_manifest(out_dir, command, profile, methods, seeds, noises, overrides
         "tokenizers",
         "numpy",
     ]
-    if started:  # the code that ran is the code at the start, whatever is committed meanwhile
+    if ran_cells:  # the code that ran is the code at the start, whatever is committed meanwhile
         manifest["commit"] = _git_commit()
         commits = manifest.setdefault("commits", [])
         if manifest["commit"] not in commits:  # a grid resumed on newer code: every commit that ran
@@ -509,10 +535,10 @@ def _write_manifest(out_dir, command, profile, methods, seeds, noises, overrides
     )
     stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
     manifest.setdefault("started", stamp)  # when the first cell of results.csv started, whichever slice
-    if started:
-        manifest.pop("finished", None)
-    else:
+    if finished:
         manifest["finished"] = stamp
+    else:
+        manifest.pop("finished", None)
     write_text_atomic(path, json.dumps(manifest, indent=2, default=str) + "\n")
 
 

@@ -206,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         noises=arguments.noises or grid["noises"],
         profile=grid["profile"],
         command="python " + " ".join(shlex.quote(a) for a in sys.argv),
+        whole_grid=not (arguments.methods or arguments.seeds or arguments.noises),
         **grid["overrides"],
     )
     return 0

@@ -91,6 +91,15 @@ def test_completeness_counts_a_partial_grid(tmp_path):
     assert list(table.index.get_level_values("method").unique()) == ["dpo", "capo", "ipo"]
 
 
+def test_only_a_whole_grid_call_finishes_a_grid():
+    def grid(**manifest):
+        return analysis.Grid(name="g", results=pd.DataFrame(), manifest=manifest)
+
+    assert grid(command="python experiments/run_grid.py tune", finished="t").finished
+    assert not grid(command="python experiments/run_grid.py tune").finished
+    assert not grid(command="python experiments/run_grid.py tune --noises 0.2", finished="t").finished
+
+
 def test_find_results_dir_walks_up_and_honours_the_environment(tmp_path, monkeypatch):
     (tmp_path / "experiments" / "results").mkdir(parents=True)
     (tmp_path / "book").mkdir()

@@ -77,7 +77,7 @@ def test_committed_results_match_their_schema(grid):
     manifest = json.loads((RESULTS / grid / "manifest.json").read_text())
     for key in ("command", "commit", "profile", "versions", "grid"):
         assert key in manifest, key
-    if "finished" not in manifest:  # a grid still running, committed cell by cell: nothing reads it yet
+    if not load_grid(grid, RESULTS).finished:  # still running, committed cell by cell: nothing reads it
         assert grid not in GRIDS_THE_BOOK_READS, f"{grid} is read by the book but has not finished"
         return
     planned = manifest["grid"]
@@ -110,17 +110,17 @@ def test_run_grid_writes_rows_manifest_and_resumes(tmp_path, monkeypatch):
         "max_steps": 4,
         "progress": "none",
     }
-    run_grid(tmp_path, methods=["dpo"], seeds=[0], noises=[0.25], **tiny)  # two slices, one folder
+    run_grid(tmp_path, methods=["dpo"], seeds=[0], noises=[0.25], whole_grid=False, **tiny)  # two slices
     first_started = json.loads((tmp_path / "manifest.json").read_text())["started"]
     time.sleep(1.1)  # the stamps have whole seconds: a later slice would show a later one
-    frame = run_grid(tmp_path, methods=["capo", "simpo"], seeds=[0], noises=[0.25], **tiny)
+    frame = run_grid(tmp_path, methods=["capo", "simpo"], seeds=[0], noises=[0.25], whole_grid=False, **tiny)
     overall = select(frame)
     assert list(overall.method) == ["dpo", "capo", "simpo"]
     assert overall.reference_accuracy.isna().tolist() == [False, False, True], "SimPO has no reference"
     assert overall.flipped_memorised.between(0, 1).all()
     assert list(frame.columns) == RESULT_COLUMNS, "the header is written once"
     manifest = json.loads((tmp_path / "manifest.json").read_text())
-    assert manifest["grid"]["methods"] == ["capo", "simpo"] and "finished" in manifest
+    assert manifest["grid"]["methods"] == ["capo", "simpo"] and "finished" not in manifest, "a slice"
     assert manifest["started"] == first_started, "started: the first slice's start, not the last's"
     calls = []
     monkeypatch.setattr("capo_tutorial.experiments.run_one", lambda *a, **k: calls.append(a))
@@ -130,6 +130,9 @@ def test_run_grid_writes_rows_manifest_and_resumes(tmp_path, monkeypatch):
     assert final["grid"]["methods"] == ["dpo", "capo", "simpo"], "the whole-grid call records the whole grid"
     assert final["commit"] == manifest["commit"] and final["started"] == manifest["started"]
     assert "finished" in final
+    with pytest.raises(ValueError, match="fresh folder"):  # other settings: its cells are not ours
+        run_grid(tmp_path, methods=["dpo"], seeds=[0], noises=[0.25], **{**tiny, "max_steps": 5})
+    assert calls == []
 
 
 def test_a_recomputed_cell_runs_as_its_manifest_recorded(monkeypatch, tmp_path):
