@@ -8,11 +8,16 @@ module loads a grid, selects rows, and reduces the seeds:
 - :func:`summarise_seeds`: mean, standard deviation, min and max of a metric over seeds;
 - :func:`paired_differences`: a method's metric minus the baseline's *on the same seed* (same
   data, noise draw, warm-up and batch order), the comparison that removes most of the seed's luck;
-- :func:`paired_interval`: the mean of paired differences with its Student-t confidence interval;
-- :func:`improvement_over_baseline`: the improvement over a baseline in absolute points with a 95%
-  paired interval, and as the share of the baseline's errors removed (a relative figure that does
-  not blow up near chance, as "relative to the baseline's accuracy" does);
-- :func:`against_each_baseline`: either of the two for one method against every other in turn.
+- :func:`paired_interval`: the mean of paired differences with its Student-t confidence interval
+  (:func:`interval_half_width` is the formula);
+- :func:`improvement_over_baseline`: the improvement over a baseline in absolute points with a
+  paired interval (95% unless told another level, e.g. a Bonferroni one), and as the share of the
+  baseline's errors removed (a relative figure that does not blow up near chance, as "relative to
+  the baseline's accuracy" does);
+- :func:`against_each_baseline`: either of the two for one method against every other in turn;
+- :func:`with_reference_rows`: the warmed-up reference as a method of its own, so that "against the
+  reference" is a paired comparison too (on the per-token likelihood scale);
+- :func:`format_mean_spread`, :func:`format_interval`: the cells of the chapters' tables.
 
 :func:`language_statistics` describes a preference data set before any run (characters and tokens
 per language, chapter 3).

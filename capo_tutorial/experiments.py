@@ -5,7 +5,8 @@ margin class, plus "all" rows) carry what chapters 5 and 6 plot::
 
     method, loss, params (JSON), seed, noise, systematic, profile, eval_split,
     language, margin_class, n, accuracy, margin, ece,
-    flipped_memorised (share of flipped training pairs the policy ranks the noisy way),
+    flipped_memorised (share of the flipped training pairs, those a filter dropped included, that
+    the policy ranks the noisy way),
     reference_accuracy (the reference model's own per-token ranking of the same pairs),
     steps, seconds,
     likelihood_accuracy (the trained policy's own per-token ranking: the same rule as
@@ -134,13 +135,13 @@ METHODS: dict[str, Method] = {
 # warm-up (1,000 SFT steps instead of 1,500) and five epochs of preference training over 12,000 pairs
 # (instead of under half of one), so that preference learning moves the policy far past its reference
 # and flipped pairs get memorised. Chosen on the validation split with sweep seed 100, among the
-# candidates of experiments/run_grid.py (REGIME_CANDIDATES; results in experiments/results/regime/):
+# REGIME_CANDIDATES below (run by experiments/run_grid.py; results in experiments/results/regime/):
 # clean DPO 0.85, 21 points above the warmed-up reference's own ranking (0.64), and 0.55 at 40% flipped.
 EXPERIMENT_REGIME: dict[str, Any] = {"testbed_train": 12000, "sft_steps": 1000, "max_steps": 3750}
 
 # The candidates EXPERIMENT_REGIME was chosen from, in the order they were tried: RunConfig changes to the
 # smoke profile (eval_every: evaluate after each epoch). experiments/run_grid.py runs each as the grid
-# regime/<name> (DPO, validation split, sweep seed 100); chapter 5 tabulates what each gave.
+# regime/<name> (DPO, validation split, sweep seed 100); its comments there say what each gave.
 REGIME_CANDIDATES: dict[str, dict[str, Any]] = {
     "3k-4ep": dict(testbed_train=3000, sft_steps=375, max_steps=750),
     "12k-2ep": dict(testbed_train=12000, sft_steps=1500, max_steps=1500),
@@ -291,7 +292,8 @@ def recompute_cell(
 
     The method's settings come from the manifest (not from today's :data:`METHODS`, whose defaults
     may have moved since), and so do the profile and the grid's overrides, so the rows can be set
-    beside the committed ones (``grid.results``) to check that the code still produces them.
+    beside the committed ones (``grid.results``) to check that the code still produces them. A method
+    or cell the manifest does not record is refused.
 
     Args:
         grid: a grid read with :func:`capo_tutorial.analysis.load_grid`.
@@ -299,12 +301,13 @@ def recompute_cell(
         output_dir: where the run writes (a scratch folder).
         options: further RunConfig fields, e.g. ``progress="none"``.
     """
-    recorded = grid.manifest.get("methods", {}).get(method)
-    if recorded is None and method not in METHODS:
-        raise ValueError(
-            f"{method!r} is not a method of the {grid.name} grid ({sorted(grid.manifest.get('methods', {}))})"
-        )
-    chosen = Method(**recorded) if recorded else METHODS[method]
+    recorded = grid.manifest.get("methods", {})
+    if method not in recorded:
+        raise ValueError(f"{method!r} is not a method of the {grid.name} grid ({sorted(recorded)})")
+    planned = grid.manifest.get("grid", {})
+    if seed not in planned.get("seeds", [seed]) or noise not in planned.get("noises", [noise]):
+        raise ValueError(f"seed {seed}, noise {noise} is not a cell of the {grid.name} grid ({planned})")
+    chosen = Method(**recorded[method])
     overrides = {**grid.manifest.get("overrides", {}), **options}
     rows, _ = run_one(
         chosen, profile=grid.manifest["profile"], seed=seed, noise=noise, output_dir=output_dir, **overrides

@@ -139,6 +139,7 @@ def test_a_recomputed_cell_runs_as_its_manifest_recorded(monkeypatch, tmp_path):
     """The method's settings, profile and overrides come from the manifest, not today's defaults."""
     recorded = dict(name="capo", loss="capo", params={"confidence": "reference", "tau": 0.9}, config={})
     manifest = {"profile": "smoke", "overrides": {"max_steps": 7}, "methods": {"capo": recorded}}
+    manifest["grid"] = {"methods": ["capo"], "seeds": [3], "noises": [0.2]}
     grid = Grid(name="old", results=pd.DataFrame(), manifest=manifest)
     calls = []
     monkeypatch.setattr(
@@ -150,7 +151,9 @@ def test_a_recomputed_cell_runs_as_its_manifest_recorded(monkeypatch, tmp_path):
     assert kwargs["max_steps"] == 7 and kwargs["profile"] == "smoke" and kwargs["progress"] == "none"
     assert (kwargs["seed"], kwargs["noise"]) == (3, 0.2)
     with pytest.raises(ValueError, match="not a method of the old grid"):
-        recompute_cell(grid, "capo-typo", seed=0, noise=0.2, output_dir=tmp_path)
+        recompute_cell(grid, "dpo", seed=3, noise=0.2, output_dir=tmp_path)  # in METHODS, not in the grid
+    with pytest.raises(ValueError, match="not a cell"):
+        recompute_cell(grid, "capo", seed=0, noise=0.2, output_dir=tmp_path)
 
 
 @pytest.mark.slow
