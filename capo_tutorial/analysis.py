@@ -70,6 +70,10 @@ RESULTS_ENV = "CAPO_RESULTS_DIR"
 RUN_KEYS = ("method", "seed", "noise", "systematic")
 """The columns that identify one run of a grid."""
 
+PAIR_KEYS = ("seed", "noise", "systematic", "language", "margin_class")
+"""The columns on which two methods' rows are paired: the same seed (data, flips, warm-up, batches) and
+the same cell. Runs of one seed and noise rate also share the warm-up, hence the reference."""
+
 
 @dataclass(frozen=True)
 class Grid:
@@ -262,7 +266,7 @@ def paired_differences(
     frame: pd.DataFrame,
     baseline: str = "dpo",
     value: str = "accuracy",
-    keys: Sequence[str] = ("seed", "noise", "systematic", "language", "margin_class"),
+    keys: Sequence[str] = PAIR_KEYS,
 ) -> pd.DataFrame:
     """Each method's ``value`` minus the baseline's on the same seed and cell.
 
@@ -311,7 +315,7 @@ def with_reference_rows(runs: pd.DataFrame) -> pd.DataFrame:
         such as margin and flipped_memorised, NaN there).
     """
     require_columns(runs, ["method", "seed", "reference_accuracy"])
-    keys = [k for k in ("seed", "noise", "systematic", "language", "margin_class") if k in runs.columns]
+    keys = [k for k in PAIR_KEYS if k in runs.columns]
     warm_ups = runs.dropna(subset=["reference_accuracy"]).drop_duplicates(keys)
     reference = warm_ups.assign(
         method=REFERENCE,
