@@ -302,10 +302,12 @@ REFERENCE = "reference"
 def with_reference_rows(runs: pd.DataFrame) -> pd.DataFrame:
     """``runs`` plus one row per run's warm-up: the reference model as a method of its own.
 
-    The reference is scored by its own per-token likelihood ranking (``reference_accuracy``); its
-    row carries that in ``accuracy`` and ``likelihood_accuracy`` alike, so that a policy is compared
-    with it on one scale by ``value="likelihood_accuracy"``. Runs of one seed and noise rate share a
-    warm-up, so one reference row is kept per (seed, noise, systematic, language, margin_class).
+    The reference has no implicit reward (it would be its own reference): its one ranking is by
+    per-token likelihood (``reference_accuracy``), and its row carries that in ``accuracy`` and
+    ``likelihood_accuracy`` alike. Compare a policy with it by ``value="likelihood_accuracy"`` for one
+    scoring rule on both sides; ``value="accuracy"`` sets the policy's implicit-reward accuracy against
+    the reference's likelihood ranking, two rules, which a table must then say. Runs of one seed and
+    noise rate share a warm-up, so one reference row is kept per :data:`PAIR_KEYS` cell.
 
     Args:
         runs: tidy result rows with ``reference_accuracy`` (SimPO's NaN rows are skipped).
