@@ -55,9 +55,8 @@ class Components:
     reports: dict[str, TokenizationReport] = field(default_factory=dict)
     reference: Reference | None = None
     warmup_key: str = ""  # content hash of what the SFT warm-up starts from (see reference_weights_path)
-    dropped_pairs: datasets.Dataset | None = (
-        None  # training pairs a filter removed (audit.drop_suspect_pairs)
-    )
+    # the training pairs a filter removed before training (audit.drop_suspect_pairs)
+    dropped_pairs: datasets.Dataset | None = None
 
 
 def _testbed_noise(config: RunConfig) -> float | dict[str, float]:

@@ -167,22 +167,16 @@ GRIDS = {
         overrides={},
     ),
 }
-for _name, _changes in SCALE2_REGIME_CANDIDATES.items():
-    GRIDS[f"regime/{_name}"] = dict(
-        methods=lambda: ["dpo"],
-        seeds=SWEEP_SEEDS[:1],
-        noises=[0.0],
-        profile="cpu",
-        overrides={"eval_split": "validation", **_changes},
-    )
-for _name, _changes in REGIME_CANDIDATES.items():
-    GRIDS[f"regime/{_name}"] = dict(
-        methods=lambda: ["dpo"],
-        seeds=SWEEP_SEEDS[:1],
-        noises=REGIME_NOISES.get(_name, [0.0, 0.4]),
-        profile="smoke",
-        overrides={"eval_split": "validation", **_changes},
-    )
+# Each regime candidate as a grid of its own: DPO on the validation split with the first sweep seed.
+for _profile, _candidates in (("smoke", REGIME_CANDIDATES), ("cpu", SCALE2_REGIME_CANDIDATES)):
+    for _name, _changes in _candidates.items():
+        GRIDS[f"regime/{_name}"] = dict(
+            methods=lambda: ["dpo"],
+            seeds=SWEEP_SEEDS[:1],
+            noises=REGIME_NOISES.get(_name, [0.0, 0.4] if _profile == "smoke" else [0.0]),
+            profile=_profile,
+            overrides={"eval_split": "validation", **_changes},
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
