@@ -135,8 +135,8 @@ METHODS: dict[str, Method] = {
 # warm-up (1,000 SFT steps instead of 1,500) and five epochs of preference training over 12,000 pairs
 # (instead of under half of one), so that preference learning moves the policy far past its reference
 # and flipped pairs get memorised. Chosen on the validation split with sweep seed 100, among the
-# REGIME_CANDIDATES below (run by experiments/run_grid.py; results in experiments/results/regime/):
-# clean DPO 0.85, 21 points above the warmed-up reference's own ranking (0.64), and 0.55 at 40% flipped.
+# REGIME_CANDIDATES below (run by experiments/run_grid.py, whose comments say what each candidate gave;
+# results in experiments/results/regime/).
 EXPERIMENT_REGIME: dict[str, Any] = {"testbed_train": 12000, "sft_steps": 1000, "max_steps": 3750}
 
 # The candidates EXPERIMENT_REGIME was chosen from, in the order they were tried: RunConfig changes to the
