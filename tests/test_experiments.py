@@ -27,7 +27,7 @@ from capo_tutorial.experiments import (
     run_one,
     tuned_methods,
 )
-from capo_tutorial.losses import LOSSES
+from capo_tutorial.losses import CAPO_DEFAULTS, LOSSES
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "experiments" / "results"
@@ -184,6 +184,15 @@ def test_every_method_gets_the_same_tuning_budget():
         assert len({m.name for m in variants}) == 4
         untuned = profile_config("smoke", **METHODS[family].config_changes(0.2))
         assert profile_config("smoke", **variants[0].config_changes(0.2)) == untuned, "first = untuned"
+
+
+def test_capo_defaults_are_what_the_tuning_chose():
+    """One CAPO default, the tuning's: once the tune grid has run to its end, CAPO_DEFAULTS (which
+    METHODS["capo"], capo_loss, the CLI and the TRL integration read) must be its pick."""
+    tune = load_grid("tune", RESULTS)
+    if tune is None or not tune.finished:
+        pytest.skip("the tune grid is still running: CAPO_DEFAULTS follows its pick once it has finished")
+    assert chosen_variants(tune.results)["capo"].params == dict(CAPO_DEFAULTS)
 
 
 def test_the_regime_is_one_of_its_candidates():
