@@ -189,7 +189,8 @@ def _variants(family: str, base: Method, **grid: list[Any]) -> list[Method]:
 
 # Every method's tuning budget: four settings of its own knob, compared on the validation split with
 # sweep seeds that are never reported (experiments/run_grid.py's "tune" grid); the first setting of
-# each is the one the method was run with before tuning. tuned_methods() picks each family's best.
+# each is the one the method was run with before tuning. tuned_methods() picks each family's best; CAPO's
+# pick also becomes CAPO_DEFAULTS, the CAPO that runs wherever none is specified.
 TUNING: dict[str, list[Method]] = {
     "dpo": _variants("dpo", METHODS["dpo"], beta=[0.1, 0.05, 0.2, 0.5]),
     "cdpo": _variants("cdpo", METHODS["cdpo"], label_smoothing=[0.1, 0.2, 0.3, TRUE_NOISE_RATE]),
