@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from capo_tutorial.analysis import select
+from capo_tutorial.analysis import load_grid, select
 from capo_tutorial.experiments import (
     EXPERIMENT_REGIME,
     METHODS,
@@ -76,22 +76,34 @@ REGIME_NOISES = {
     "6k-5ep-sft1000": [0.0],
 }
 SWEEP_SEEDS = [100]  # disjoint from the reported seeds 0-4; one, to fit the budget
+TUNE_NOISES = [0.2, 0.4]  # the tuning rule reads the mean validation accuracy over these
 
 
 def _tuning_variants() -> list[Method]:
     return [variant for variants in TUNING.values() for variant in variants]
 
 
+def _missing_cells(results: pd.DataFrame, methods: list[str], seeds: list[int], noises: list[float]) -> list:
+    """The (method, seed, noise) cells of a grid's results that have not run yet."""
+    runs = select(results)
+    done = set(zip(runs.method, runs.seed, runs.noise))
+    return [(m, s, n) for m in methods for s in seeds for n in noises if (m, s, n) not in done]
+
+
 def _tuned(*families: str) -> list[Method]:
-    """The methods as the tune grid chose them (all of them, or ``families``)."""
+    """The methods as the tune grid chose them (all of them, or ``families``). A family is read only
+    once every one of its settings has run on every tune cell: a pick never rests on part of the budget."""
+    families = families or tuple(TUNING)
     path = RESULTS / "tune" / "results.csv"
     if not path.is_file():
         raise SystemExit(f"{path} is missing: run `python experiments/run_grid.py tune` first")
-    chosen = tuned_methods(pd.read_csv(path))
-    missing = sorted(set(families or TUNING) - set(chosen))
+    results = pd.read_csv(path)
+    settings = [variant.name for family in families for variant in TUNING[family]]
+    missing = _missing_cells(results, settings, SWEEP_SEEDS, TUNE_NOISES)
     if missing:
-        raise SystemExit(f"the tune grid has no results for {missing} yet: finish it first")
-    return [chosen[family] for family in (families or TUNING)]
+        raise SystemExit(f"the tune grid has not run {missing}: finish it first")
+    chosen = tuned_methods(results)
+    return [chosen[family] for family in families]
 
 
 # The noise grids' average flip rate: scale1 has uniform flips at this rate on the same seeds (a paired
@@ -102,15 +114,20 @@ NOISE_TYPE_RATE = 0.2
 
 def _strongest_baseline() -> str:
     """The baseline (not DPO, CAPO or filtering) with the best mean test accuracy in scale1 at
-    NOISE_TYPE_RATE: the one the noise grids add."""
-    path = RESULTS / "scale1" / "results.csv"
-    frame = select(pd.read_csv(path), noise=NOISE_TYPE_RATE) if path.is_file() else pd.DataFrame()
-    baselines = (
-        frame[~frame.method.isin(["dpo", "capo", "filter-dpo", "capo-sigmoid"])] if len(frame) else frame
-    )
-    if baselines.empty:
-        raise SystemExit("scale1 has no baseline results at this noise rate yet: run it first")
-    return str(baselines.groupby("method").accuracy.mean().idxmax())
+    NOISE_TYPE_RATE: the one the noise grids add. scale1 must be this regime's, with every baseline's
+    cells at that rate done."""
+    scale1 = load_grid("scale1", RESULTS)
+    if scale1 is None or scale1.manifest.get("overrides") != GRIDS["scale1"]["overrides"]:
+        raise SystemExit(
+            f"{RESULTS / 'scale1'} does not hold scale1 as run_grid.py defines it now (another regime, or "
+            "nothing yet): run it, and move it there, first"
+        )
+    baselines = [family for family in TUNING if family not in ("dpo", "capo", "filter-dpo", "capo-sigmoid")]
+    missing = _missing_cells(scale1.results, baselines, REPORTED_SEEDS, [NOISE_TYPE_RATE])
+    if missing:
+        raise SystemExit(f"scale1 has not run {missing} yet: finish it first")
+    runs = select(scale1.results, noise=NOISE_TYPE_RATE)
+    return str(runs[runs.method.isin(baselines)].groupby("method").accuracy.mean().idxmax())
 
 
 def _noise_type_methods() -> list[Method]:
@@ -126,7 +143,7 @@ def _in_regime(methods, seeds: list[int], noises: list[float], **changes) -> dic
 GRIDS = {
     # One tuning budget for every method (capo_tutorial.experiments.TUNING), on the validation split,
     # with seeds never reported; scale1 and the noise grids run each method as it chose.
-    "tune": _in_regime(_tuning_variants, SWEEP_SEEDS, [0.2, 0.4], eval_split="validation"),
+    "tune": _in_regime(_tuning_variants, SWEEP_SEEDS, TUNE_NOISES, eval_split="validation"),
     "scale1": _in_regime(_tuned, REPORTED_SEEDS, [0.0, 0.2, 0.4]),
     # Noise as multilingual data has it, NOISE_TYPE_RATE flipped on average: DPO, CAPO, filtering and
     # the strongest scale-1 baseline there.

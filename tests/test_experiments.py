@@ -256,13 +256,17 @@ def test_a_systematic_run_scores_the_candidate_pairs_alone(tmp_path):
     assert candidates.accuracy.iloc[0] == pytest.approx(expected.correct.mean())
 
 
+def _grid_script():
+    """experiments/run_grid.py, imported as a module."""
+    spec = importlib.util.spec_from_file_location("run_grid", RESULTS.parent / "run_grid.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_the_grid_script_defines_every_grid_it_documents():
     """experiments/run_grid.py imports, and the grids that need no earlier results resolve their methods."""
-    script = RESULTS.parent / "run_grid.py"
-    spec = importlib.util.spec_from_file_location("run_grid", script)
-    run_grid_script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(run_grid_script)
-    grids = run_grid_script.GRIDS
+    grids = _grid_script().GRIDS
     assert {"tune", "scale1", "systematic", "noise-near-miss", "noise-by-tier", "slice"} <= set(grids)
     tune = grids["tune"]["methods"]()
     assert (
@@ -277,3 +281,54 @@ def test_the_grid_script_defines_every_grid_it_documents():
         re.findall(r"`python experiments/run_grid.py ([\w/-]+)", (RESULTS.parent / "README.md").read_text())
     )
     assert documented <= set(grids), documented - set(grids)
+
+
+def _overall_rows(accuracy: dict[str, float], seeds: list[int], noise: float, split: str) -> pd.DataFrame:
+    """One "all"-language, "all"-margin row per (method, seed) at ``noise``, with the method's accuracy."""
+    cells = [(method, seed) for method in accuracy for seed in seeds]
+    return pd.DataFrame(
+        {
+            "method": [method for method, _ in cells],
+            "seed": [seed for _, seed in cells],
+            "accuracy": [accuracy[method] for method, _ in cells],
+            **{
+                "noise": noise,
+                "systematic": "",
+                "eval_split": split,
+                "language": "all",
+                "margin_class": "all",
+            },
+        }
+    )
+
+
+def test_later_grids_read_the_tuning_and_scale1_only_when_complete(tmp_path, monkeypatch):
+    """scale1 runs a method as tuned only once all its tune cells ran; the noise grids add scale1's
+    strongest baseline only from this regime's scale1, with every baseline's cells at their rate."""
+    script = _grid_script()
+    monkeypatch.setattr(script, "RESULTS", tmp_path)
+    seeds, noises = script.SWEEP_SEEDS, script.TUNE_NOISES
+    settings = {v.name: 0.6 + 0.01 * i for i, v in enumerate(TUNING["dpo"] + TUNING["cdpo"])}
+    tune = pd.concat(_overall_rows(settings, seeds, n, "validation") for n in noises)
+    tune = tune[~((tune.method == TUNING["dpo"][1].name) & (tune.noise == noises[-1]))]  # one cell short
+    (tmp_path / "tune").mkdir()
+    tune.to_csv(tmp_path / "tune" / "results.csv", index=False)
+    with pytest.raises(SystemExit, match=re.escape(TUNING["dpo"][1].name)):
+        script._tuned("dpo")
+    (cdpo,) = script._tuned("cdpo")
+    assert cdpo.name == "cdpo" and cdpo.params == TUNING["cdpo"][-1].params, "the best setting, renamed"
+
+    baselines = ["cdpo", "rdpo", "ipo", "hinge", "simpo"]
+    accuracy = dict(zip(baselines, [0.70, 0.72, 0.60, 0.74, 0.71]))
+    rows = _overall_rows(accuracy, script.REPORTED_SEEDS, script.NOISE_TYPE_RATE, "test")
+    (tmp_path / "scale1").mkdir()
+    rows.to_csv(tmp_path / "scale1" / "results.csv", index=False)
+    manifest = tmp_path / "scale1" / "manifest.json"
+    manifest.write_text(json.dumps({"overrides": {}}))  # the first regime's scale1
+    with pytest.raises(SystemExit, match="does not hold scale1"):
+        script._strongest_baseline()
+    manifest.write_text(json.dumps({"overrides": script.GRIDS["scale1"]["overrides"]}))
+    assert script._strongest_baseline() == "hinge"
+    rows.iloc[:-1].to_csv(tmp_path / "scale1" / "results.csv", index=False)  # simpo's last seed missing
+    with pytest.raises(SystemExit, match="simpo"):
+        script._strongest_baseline()
