@@ -94,6 +94,9 @@ def _tuned(*families: str) -> list[Method]:
     """The methods as the tune grid chose them (all of them, or ``families``). A family is read only
     once every one of its settings has run on every tune cell: a pick never rests on part of the budget."""
     families = families or tuple(TUNING)
+    unknown = sorted(set(families) - set(TUNING))
+    if unknown:
+        raise SystemExit(f"no tuned methods {unknown}: the tuned methods are {sorted(TUNING)}")
     path = RESULTS / "tune" / "results.csv"
     if not path.is_file():
         raise SystemExit(f"{path} is missing: run `python experiments/run_grid.py tune` first")
@@ -207,7 +210,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--noises", nargs="+", type=float, default=None)
     arguments = parser.parse_args(argv)
     grid = GRIDS[arguments.grid]
-    methods = [METHODS[m] if isinstance(m, str) else m for m in grid["methods"]()]
+    if grid["methods"] is _tuned and arguments.methods:  # a slice needs only its own methods' tuning done
+        listed = _tuned(*arguments.methods)
+    else:
+        listed = grid["methods"]()
+    methods = [METHODS[m] if isinstance(m, str) else m for m in listed]
     if arguments.methods:
         methods = [m for m in methods if m.name in arguments.methods]
     run_grid(

@@ -317,6 +317,14 @@ def test_later_grids_read_the_tuning_and_scale1_only_when_complete(tmp_path, mon
         script._tuned("dpo")
     (cdpo,) = script._tuned("cdpo")
     assert cdpo.name == "cdpo" and cdpo.params == TUNING["cdpo"][-1].params, "the best setting, renamed"
+    with pytest.raises(SystemExit, match="no tuned methods"):
+        script._tuned("cdpo", "dpo-typo")
+    started = {}
+    monkeypatch.setattr(script, "run_grid", lambda folder, **settings: started.update(settings))
+    script.main(["scale1", "--methods", "cdpo", "--out", str(tmp_path / "part")])  # cdpo's tuning is done
+    assert [m.name for m in started["methods"]] == ["cdpo"] and started["whole_grid"] is False
+    with pytest.raises(SystemExit, match=re.escape(TUNING["dpo"][1].name)):
+        script.main(["scale1", "--out", str(tmp_path / "whole")])
 
     baselines = ["cdpo", "rdpo", "ipo", "hinge", "simpo"]
     accuracy = dict(zip(baselines, [0.70, 0.72, 0.60, 0.74, 0.71]))
