@@ -158,15 +158,17 @@ REGIME_CANDIDATES: dict[str, dict[str, Any]] = {
 # Scale 2's candidates: the cpu profile (Gemma 3 270M + LoRA, already multilingual: its own ranking of
 # the testbed is strong) with more pairs and epochs than the profile's 60 steps, a higher learning rate,
 # and the reference's log-probs computed once per warm-up (shared by the methods of a seed). Run as
-# regime/<name> like the smoke candidates. "cpu-320-3ep" was measured once outside a grid (clean DPO,
-# validation, sweep seed 100): 0.825 / 0.819 / 0.831 after one / two / three epochs against the
-# reference's 0.794, at about 9 s per preference step on one loaded core.
+# regime/<name> like the smoke candidates, evaluating after each epoch. "cpu-320-3ep" was measured once
+# outside a grid (clean DPO, validation, sweep seed 100): 0.825 / 0.819 / 0.831 after one / two / three
+# epochs against the reference's 0.794, at about 9 s per preference step on one loaded core, 51 minutes
+# in all. Its two-epoch twin costs two thirds of that; more pairs (640 for two epochs, a third more
+# steps than cpu-320-3ep) would put the scale2 grid's 24 runs past 18 core-hours.
 SCALE2_REGIME_CANDIDATES: dict[str, dict[str, Any]] = {
     "cpu-320-3ep": dict(
         testbed_train=320, max_steps=240, eval_every=80, learning_rate=5e-4, reference="precomputed"
     ),
-    "cpu-640-2ep": dict(
-        testbed_train=640, max_steps=320, eval_every=160, learning_rate=5e-4, reference="precomputed"
+    "cpu-320-2ep": dict(
+        testbed_train=320, max_steps=160, eval_every=80, learning_rate=5e-4, reference="precomputed"
     ),
 }
 
