@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     from capo_tutorial.analysis import Grid
 
 __all__ = [
+    "BASELINE_FAMILIES",
     "EXPERIMENT_REGIME",
     "FILTER_TAU",
     "METHODS",
@@ -69,6 +70,7 @@ __all__ = [
     "recompute_cell",
     "run_grid",
     "run_one",
+    "strongest_baseline",
     "summarise_run",
     "tuned_methods",
 ]
@@ -244,6 +246,30 @@ def chosen_variants(results: pd.DataFrame) -> dict[str, Method]:
         best = max(ranked.index, key=lambda name: (ranked.loc[name, "mean"], -names.index(name)))
         chosen[family] = variants[names.index(best)]
     return chosen
+
+
+# The methods the book sets CAPO against that are neither DPO itself, CAPO in another form, nor filtering.
+BASELINE_FAMILIES = ("cdpo", "rdpo", "ipo", "hinge", "simpo")
+
+
+def strongest_baseline(results: pd.DataFrame) -> str:
+    """The baseline family (:data:`BASELINE_FAMILIES`) whose tuned setting scores best in a tuning
+    grid's results, by the tuning's own rule (:func:`chosen_variants`): the one the noise grids and
+    scale 2 add beside DPO, CAPO and filtering. Chosen on the validation split, so the reported test
+    seeds play no part in the choice.
+
+    Raises:
+        ValueError: when a baseline family has no tuning results.
+    """
+    from capo_tutorial.analysis import rank_variants, select
+
+    chosen = chosen_variants(results)
+    missing = [family for family in BASELINE_FAMILIES if family not in chosen]
+    if missing:
+        raise ValueError(f"the tuning results hold no setting of {missing}")
+    score = rank_variants(select(results))["mean"]
+    order = BASELINE_FAMILIES.index  # a tie goes to the family listed first
+    return max(BASELINE_FAMILIES, key=lambda family: (score[chosen[family].name], -order(family)))
 
 
 def tuned_methods(results: pd.DataFrame) -> dict[str, Method]:

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from capo_tutorial.analysis import load_grid, select
+from capo_tutorial.analysis import select
 from capo_tutorial.experiments import (
+    BASELINE_FAMILIES,
     EXPERIMENT_REGIME,
     METHODS,
     REGIME_CANDIDATES,
@@ -27,6 +28,7 @@ from capo_tutorial.experiments import (
     TUNING,
     Method,
     run_grid,
+    strongest_baseline,
     tuned_methods,
 )
 
@@ -90,10 +92,9 @@ def _missing_cells(results: pd.DataFrame, methods: list[str], seeds: list[int], 
     return [(m, s, n) for m in methods for s in seeds for n in noises if (m, s, n) not in done]
 
 
-def _tuned(*families: str) -> list[Method]:
-    """The methods as the tune grid chose them (all of them, or ``families``). A family is read only
-    once every one of its settings has run on every tune cell: a pick never rests on part of the budget."""
-    families = families or tuple(TUNING)
+def _tune_results(*families: str) -> pd.DataFrame:
+    """The tune grid's results, once every setting of ``families`` has run on every tune cell: a pick
+    never rests on part of the budget."""
     unknown = sorted(set(families) - set(TUNING))
     if unknown:
         raise SystemExit(f"no tuned methods {unknown}: the tuned methods are {sorted(TUNING)}")
@@ -105,7 +106,13 @@ def _tuned(*families: str) -> list[Method]:
     missing = _missing_cells(results, settings, SWEEP_SEEDS, TUNE_NOISES)
     if missing:
         raise SystemExit(f"the tune grid has not run {missing}: finish it first")
-    chosen = tuned_methods(results)
+    return results
+
+
+def _tuned(*families: str) -> list[Method]:
+    """The methods as the tune grid chose them (all of them, or ``families``)."""
+    families = families or tuple(TUNING)
+    chosen = tuned_methods(_tune_results(*families))
     return [chosen[family] for family in families]
 
 
@@ -115,26 +122,10 @@ def _tuned(*families: str) -> list[Method]:
 NOISE_TYPE_RATE = 0.2
 
 
-def _strongest_baseline() -> str:
-    """The baseline (not DPO, CAPO or filtering) with the best mean test accuracy in scale1 at
-    NOISE_TYPE_RATE: the one the noise grids add. scale1 must be this regime's, with every baseline's
-    cells at that rate done."""
-    scale1 = load_grid("scale1", RESULTS)
-    if scale1 is None or scale1.manifest.get("overrides") != GRIDS["scale1"]["overrides"]:
-        raise SystemExit(
-            f"{RESULTS / 'scale1'} does not hold scale1 as run_grid.py defines it now (another regime, or "
-            "nothing yet): run it, and move it there, first"
-        )
-    baselines = [family for family in TUNING if family not in ("dpo", "capo", "filter-dpo", "capo-sigmoid")]
-    missing = _missing_cells(scale1.results, baselines, REPORTED_SEEDS, [NOISE_TYPE_RATE])
-    if missing:
-        raise SystemExit(f"scale1 has not run {missing} yet: finish it first")
-    runs = select(scale1.results, noise=NOISE_TYPE_RATE)
-    return str(runs[runs.method.isin(baselines)].groupby("method").accuracy.mean().idxmax())
-
-
-def _noise_type_methods() -> list[Method]:
-    return _tuned("dpo", "capo", "filter-dpo", _strongest_baseline())
+def _four_methods() -> list[Method]:
+    """DPO, CAPO, filtering and the strongest baseline by the tuning (validation), each as tuned."""
+    strongest = strongest_baseline(_tune_results(*BASELINE_FAMILIES))
+    return _tuned("dpo", "capo", "filter-dpo", strongest)
 
 
 def _in_regime(methods, seeds: list[int], noises: list[float], **changes) -> dict:
@@ -149,16 +140,14 @@ GRIDS = {
     "tune": _in_regime(_tuning_variants, SWEEP_SEEDS, TUNE_NOISES, eval_split="validation"),
     "scale1": _in_regime(_tuned, REPORTED_SEEDS, [0.0, 0.2, 0.4]),
     # Noise as multilingual data has it, NOISE_TYPE_RATE flipped on average: DPO, CAPO, filtering and
-    # the strongest scale-1 baseline there.
+    # the strongest baseline (picked by the tuning, on validation data, before any test run).
     "noise-near-miss": _in_regime(
-        _noise_type_methods, REPORTED_SEEDS, [NOISE_TYPE_RATE], noise_pattern="near-miss"
+        _four_methods, REPORTED_SEEDS, [NOISE_TYPE_RATE], noise_pattern="near-miss"
     ),
-    "noise-by-tier": _in_regime(
-        _noise_type_methods, REPORTED_SEEDS, [NOISE_TYPE_RATE], noise_pattern="by-tier"
-    ),
+    "noise-by-tier": _in_regime(_four_methods, REPORTED_SEEDS, [NOISE_TYPE_RATE], noise_pattern="by-tier"),
     # Russian and Arabic near misses ending in 7 answered with n+1 in every training pair: a consistent,
     # learnable error, scored on the test pairs the rule would flip (margin_class systematic-candidate).
-    "systematic": _in_regime(_noise_type_methods, REPORTED_SEEDS, [0.0], systematic_noise=["ru", "ar"]),
+    "systematic": _in_regime(_four_methods, REPORTED_SEEDS, [0.0], systematic_noise=["ru", "ar"]),
     "sweep": dict(
         methods=_sweep_methods,
         seeds=[0],

@@ -13,6 +13,7 @@ from tiny_run import TINY
 from capo_tutorial.analysis import Grid, load_grid, select
 from capo_tutorial.config import profile_config
 from capo_tutorial.experiments import (
+    BASELINE_FAMILIES,
     EXPERIMENT_REGIME,
     METHODS,
     RECOMPUTE_TOLERANCE,
@@ -25,6 +26,7 @@ from capo_tutorial.experiments import (
     recompute_cell,
     run_grid,
     run_one,
+    strongest_baseline,
     tuned_methods,
 )
 from capo_tutorial.losses import CAPO_DEFAULTS, LOSSES
@@ -302,19 +304,23 @@ def _overall_rows(accuracy: dict[str, float], seeds: list[int], noise: float, sp
     )
 
 
-def test_later_grids_read_the_tuning_and_scale1_only_when_complete(tmp_path, monkeypatch):
-    """scale1 runs a method as tuned only once all its tune cells ran; the noise grids add scale1's
-    strongest baseline only from this regime's scale1, with every baseline's cells at their rate."""
+def test_later_grids_read_the_tuning_only_when_complete(tmp_path, monkeypatch):
+    """scale1 runs a method as tuned only once all its tune cells ran; the noise grids add the strongest
+    baseline only once every baseline's tuning is in."""
     script = _grid_script()
     monkeypatch.setattr(script, "RESULTS", tmp_path)
     seeds, noises = script.SWEEP_SEEDS, script.TUNE_NOISES
-    settings = {v.name: 0.6 + 0.01 * i for i, v in enumerate(TUNING["dpo"] + TUNING["cdpo"])}
+    families = ["dpo", "cdpo", "capo", "filter-dpo", *BASELINE_FAMILIES]
+    settings = {v.name: 0.6 + 0.001 * i for i, v in enumerate(v for f in families for v in TUNING[f])}
+    settings[TUNING["hinge"][2].name] = 0.9  # hinge's third setting is the best baseline setting
     tune = pd.concat(_overall_rows(settings, seeds, n, "validation") for n in noises)
-    tune = tune[~((tune.method == TUNING["dpo"][1].name) & (tune.noise == noises[-1]))]  # one cell short
+    short = (tune.method == TUNING["dpo"][1].name) & (tune.noise == noises[-1])  # one cell short
     (tmp_path / "tune").mkdir()
-    tune.to_csv(tmp_path / "tune" / "results.csv", index=False)
+    tune[~short].to_csv(tmp_path / "tune" / "results.csv", index=False)
     with pytest.raises(SystemExit, match=re.escape(TUNING["dpo"][1].name)):
         script._tuned("dpo")
+    with pytest.raises(SystemExit, match=re.escape(TUNING["dpo"][1].name)):
+        script._four_methods()
     (cdpo,) = script._tuned("cdpo")
     assert cdpo.name == "cdpo" and cdpo.params == TUNING["cdpo"][-1].params, "the best setting, renamed"
     with pytest.raises(SystemExit, match="no tuned methods"):
@@ -326,17 +332,19 @@ def test_later_grids_read_the_tuning_and_scale1_only_when_complete(tmp_path, mon
     with pytest.raises(SystemExit, match=re.escape(TUNING["dpo"][1].name)):
         script.main(["scale1", "--out", str(tmp_path / "whole")])
 
-    baselines = ["cdpo", "rdpo", "ipo", "hinge", "simpo"]
-    accuracy = dict(zip(baselines, [0.70, 0.72, 0.60, 0.74, 0.71]))
-    rows = _overall_rows(accuracy, script.REPORTED_SEEDS, script.NOISE_TYPE_RATE, "test")
-    (tmp_path / "scale1").mkdir()
-    rows.to_csv(tmp_path / "scale1" / "results.csv", index=False)
-    manifest = tmp_path / "scale1" / "manifest.json"
-    manifest.write_text(json.dumps({"overrides": {}}))  # the first regime's scale1
-    with pytest.raises(SystemExit, match="does not hold scale1"):
-        script._strongest_baseline()
-    manifest.write_text(json.dumps({"overrides": script.GRIDS["scale1"]["overrides"]}))
-    assert script._strongest_baseline() == "hinge"
-    rows.iloc[:-1].to_csv(tmp_path / "scale1" / "results.csv", index=False)  # simpo's last seed missing
-    with pytest.raises(SystemExit, match="simpo"):
-        script._strongest_baseline()
+    tune.to_csv(tmp_path / "tune" / "results.csv", index=False)  # every cell in
+    four = script._four_methods()
+    assert [m.name for m in four] == ["dpo", "capo", "filter-dpo", "hinge"]
+    assert four[-1].beta == TUNING["hinge"][2].beta
+
+
+def test_the_strongest_baseline_is_the_best_tuned_baseline_on_validation():
+    settings = {v.name: 0.5 for f in BASELINE_FAMILIES for v in TUNING[f]}
+    settings |= {TUNING["simpo"][1].name: 0.7, TUNING["rdpo"][0].name: 0.8, TUNING["dpo"][0].name: 0.9}
+    noises = [0.2, 0.4]
+    tune = pd.concat(_overall_rows(settings, [100], n, "validation") for n in noises)
+    assert strongest_baseline(tune) == "rdpo", "DPO is no baseline of its own"
+    assert strongest_baseline(tune[tune.method != TUNING["rdpo"][0].name]) == "simpo"
+    with pytest.raises(ValueError, match="hinge"):
+        strongest_baseline(tune[~tune.method.str.startswith("hinge")])
+    assert set(BASELINE_FAMILIES) == set(TUNING) - {"dpo", "capo", "capo-sigmoid", "filter-dpo"}
