@@ -15,6 +15,10 @@ module loads a grid, selects rows, and reduces the seeds:
   baseline's errors removed (a relative figure that does not blow up near chance, as "relative to
   the baseline's accuracy" does);
 - :func:`against_each_baseline`: either of the two for one method against every other in turn;
+- :func:`headline_comparisons`: one method against a family of baselines at every noise rate, each
+  pair scored by one rule (:func:`scoring_rule`), with intervals at 95% and Bonferroni-corrected for
+  the family, and a :func:`verdict` for each (ahead, behind, equivalent within
+  :data:`EQUIVALENCE_POINTS`, or inconclusive);
 - :func:`with_reference_rows`: the warmed-up reference as a method of its own, so that "against the
   reference" is a paired comparison too (on the per-token likelihood scale);
 - :func:`format_mean_spread`, :func:`format_interval`: the cells of the chapters' tables.
@@ -43,6 +47,7 @@ import pandas as pd
 from numpy.typing import ArrayLike
 
 __all__ = [
+    "EQUIVALENCE_POINTS",
     "REFERENCE",
     "RESULTS_ENV",
     "Grid",
@@ -50,6 +55,7 @@ __all__ = [
     "find_results_dir",
     "format_interval",
     "format_mean_spread",
+    "headline_comparisons",
     "improvement_over_baseline",
     "interval_half_width",
     "language_statistics",
@@ -59,8 +65,10 @@ __all__ = [
     "rank_variants",
     "repository_results_url",
     "require_columns",
+    "scoring_rule",
     "select",
     "summarise_seeds",
+    "verdict",
     "with_reference_rows",
 ]
 
@@ -429,6 +437,91 @@ def improvement_over_baseline(
         100 * (table["mean"] - table["baseline_mean"]) / (1 - table["baseline_mean"]),
     )
     return table.reset_index()
+
+
+EQUIVALENCE_POINTS = 2.0
+"""The margin, in points, within which two methods count as doing equally well (:func:`verdict`):
+8 of 400 test pairs, a fifth of the smallest gap the experiments' regime is asked to show (10 points
+between clean DPO and its reference)."""
+
+
+def verdict(ci_low: float, ci_high: float, margin: float = EQUIVALENCE_POINTS) -> str:
+    """What a paired interval of ``method - baseline`` (in points) says of the method.
+
+    - "ahead": the interval lies above zero; "behind": it lies below zero;
+    - "equivalent": it holds zero and lies within ``[-margin, margin]``: at the interval's level the
+      two are within ``margin`` points of each other;
+    - "inconclusive": it holds zero and reaches past the margin (or is missing, with one seed): the
+      seeds cannot tell, and "no difference" would be absence of evidence.
+    """
+    if ci_low > 0:
+        return "ahead"
+    if ci_high < 0:
+        return "behind"
+    if -margin <= ci_low and ci_high <= margin:
+        return "equivalent"
+    return "inconclusive"
+
+
+def scoring_rule(baseline: str, losses_of_runs: pd.Series | None = None) -> str:
+    """The column that scores a method against ``baseline`` by one rule on both sides: the policy's
+    per-token likelihood ranking (``likelihood_accuracy``) against :data:`REFERENCE` or a reference-free
+    loss (SimPO, whose implicit reward is that ranking), else implicit-reward accuracy (``accuracy``).
+
+    Args:
+        baseline: a method name.
+        losses_of_runs: the ``loss`` of each row of ``baseline``'s runs (to tell a reference-free loss).
+    """
+    from capo_tutorial.losses import LOSSES
+
+    if baseline == REFERENCE:
+        return "likelihood_accuracy"
+    losses = set(losses_of_runs.dropna()) if losses_of_runs is not None else set()
+    reference_free = any(name in LOSSES and not LOSSES[name].needs_reference for name in losses)
+    return "likelihood_accuracy" if reference_free else "accuracy"
+
+
+def headline_comparisons(
+    runs: pd.DataFrame, baselines: Sequence[str], method: str = "capo", level: float = 0.95
+) -> pd.DataFrame:
+    """``method`` against each of ``baselines`` at each noise rate, paired by seed, in points: one
+    family of comparisons, each with its interval at ``level`` and at the family's Bonferroni level
+    (``1 - (1 - level) / m`` for its m rows), and each pair scored by one rule (:func:`scoring_rule`).
+
+    Args:
+        runs: one row per run (:func:`select`); with :func:`with_reference_rows` to include
+            :data:`REFERENCE` among ``baselines``.
+        baselines: the methods compared against, in the order to report.
+        method: the method compared.
+        level: the coverage of each interval on its own.
+
+    Returns:
+        One row per (baseline, noise): :func:`improvement_over_baseline`'s columns and ``baseline``,
+        ``value`` (the rule), ``verdict`` (:func:`verdict` of the interval at ``level``), and
+        ``family_low``, ``family_high``, ``family_verdict`` at the family's level.
+    """
+    missing = sorted({method, *baselines} - set(runs.method))
+    if missing:
+        raise ValueError(f"no runs of {missing}; the runs hold {sorted(set(runs.method))}")
+    rules = {
+        b: scoring_rule(b, runs.loc[runs.method == b, "loss"] if "loss" in runs else None) for b in baselines
+    }
+    comparisons = len(baselines) * runs.noise.nunique()
+    family_level = 1 - (1 - level) / comparisons
+    tables = []
+    for baseline in baselines:
+        pair = runs[runs.method.isin([method, baseline])]
+        usual = improvement_over_baseline(pair, baseline=baseline, value=rules[baseline], level=level)
+        wide = improvement_over_baseline(pair, baseline=baseline, value=rules[baseline], level=family_level)
+        usual = usual[usual.method == method].assign(baseline=baseline, value=rules[baseline])
+        usual[["family_low", "family_high"]] = wide.loc[
+            wide.method == method, ["ci_low", "ci_high"]
+        ].to_numpy()
+        tables.append(usual)
+    table = pd.concat(tables, ignore_index=True)
+    table["verdict"] = [verdict(low, high) for low, high in zip(table.ci_low, table.ci_high)]
+    table["family_verdict"] = [verdict(low, high) for low, high in zip(table.family_low, table.family_high)]
+    return table
 
 
 def against_each_baseline(

@@ -276,3 +276,52 @@ def test_against_each_baseline_stacks_one_comparison_per_baseline():
         analysis.against_each_baseline(runs[runs.method == "capo"])
     with pytest.raises(ValueError, match="need 'simpo'"):
         analysis.against_each_baseline(runs, method="simpo")
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "expected"),
+    [
+        (0.1, 3.0, "ahead"),
+        (-5.0, -0.2, "behind"),
+        (-1.5, 1.9, "equivalent"),
+        (-2.5, 1.0, "inconclusive"),
+        (float("nan"), float("nan"), "inconclusive"),  # one seed: no interval
+    ],
+)
+def test_verdict_tells_a_tie_from_too_few_seeds(low, high, expected):
+    assert analysis.verdict(low, high) == expected
+    assert analysis.verdict(-1.5, 1.9, margin=1.0) == "inconclusive"
+
+
+def test_headline_comparisons_score_each_pair_by_one_rule_and_correct_for_the_family():
+    def accuracy(method, seed, noise, language):
+        return {"dpo": 0.60, "capo": 0.64, "simpo": 0.70}[method] + 0.01 * seed**2 * (method == "capo")
+
+    runs = analysis.select(fake_results(accuracy, methods=("dpo", "capo", "simpo")))
+    runs["likelihood_accuracy"] = np.where(runs.method == "simpo", runs.accuracy, runs.accuracy - 0.10)
+    runs["reference_accuracy"] = np.where(runs.method == "simpo", np.nan, 0.5)
+    both = analysis.with_reference_rows(runs)
+    table = analysis.headline_comparisons(both, ["dpo", analysis.REFERENCE, "simpo"])
+
+    assert len(table) == 3 * 2 and set(table.method) == {"capo"}
+    rules = table.drop_duplicates("baseline").set_index("baseline").value
+    assert rules.to_dict() == {
+        "dpo": "accuracy",
+        analysis.REFERENCE: "likelihood_accuracy",
+        "simpo": "likelihood_accuracy",
+    }
+    against = table[table.noise == 0.0].set_index("baseline")
+    capo_mean = 0.64 + 0.01 * (0 + 1 + 4) / 3
+    assert against.loc["dpo", "absolute_points"] == pytest.approx(100 * (capo_mean - 0.60))
+    assert against.loc["simpo", "absolute_points"] == pytest.approx(100 * (capo_mean - 0.10 - 0.70))
+    assert against.loc[analysis.REFERENCE, "absolute_points"] == pytest.approx(100 * (capo_mean - 0.10 - 0.5))
+    assert (table.family_low < table.ci_low).all() and (table.family_high > table.ci_high).all()
+    assert against.loc["simpo", "verdict"] == "behind" and against.loc["dpo", "verdict"] == "ahead"
+    with pytest.raises(ValueError, match="ipo"):
+        analysis.headline_comparisons(both, ["dpo", "ipo"])
+
+
+def test_scoring_rule_of_a_baseline():
+    assert analysis.scoring_rule(analysis.REFERENCE) == "likelihood_accuracy"
+    assert analysis.scoring_rule("simpo", pd.Series(["simpo"])) == "likelihood_accuracy"
+    assert analysis.scoring_rule("filter-dpo", pd.Series(["dpo", "dpo"])) == "accuracy"
