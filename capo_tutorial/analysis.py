@@ -59,6 +59,7 @@ __all__ = [
     "improvement_over_baseline",
     "interval_half_width",
     "language_statistics",
+    "load_finished_grid",
     "load_grid",
     "paired_differences",
     "paired_interval",
@@ -216,6 +217,26 @@ def load_grid(name: str, root: str | Path | None = None) -> Grid | None:
         return None
     results["systematic"] = results["systematic"].fillna("")
     return Grid(name=name, results=results, manifest=manifest, source=source)
+
+
+def load_finished_grid(name: str, root: str | Path | None = None, split: str = "test") -> Grid:
+    """:func:`load_grid` for a grid a chapter reports: it must have run to its end (its manifest says
+    finished) and be scored on ``split`` alone ("test" for reported grids, "validation" for tuning).
+
+    Raises:
+        FileNotFoundError: the grid has no results, or has not finished (with the command that runs it).
+        ValueError: its rows are scored on another split.
+    """
+    grid = load_grid(name, root)
+    if grid is None or not grid.finished:
+        raise FileNotFoundError(
+            f"no finished {name} grid under {root or find_results_dir()}: "
+            f"python experiments/run_grid.py {name}"
+        )
+    splits = set(grid.results.eval_split)
+    if splits != {split}:
+        raise ValueError(f"the {name} grid must be scored on the {split} split only; it holds {splits}")
+    return grid
 
 
 def select(

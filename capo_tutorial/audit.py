@@ -45,6 +45,7 @@ __all__ = [
     "audit_preferences",
     "auroc",
     "confidence_of",
+    "describe_drop_rule",
     "drop_suspect_pairs",
     "flag_suspects",
     "language_table",
@@ -657,6 +658,27 @@ def check_drop_rule(rule: Mapping[str, Any]) -> None:
     _check_flag_rule(rule.get("threshold"), rule.get("fraction"))
     if not rule.get("tau", 1.0) > 0:
         raise ValueError(f"tau={rule['tau']} must be > 0")
+
+
+def describe_drop_rule(rule: Mapping[str, Any]) -> str:
+    """What a drop rule (:func:`check_drop_rule`) removes, in words, for tables and chapters."""
+    check_drop_rule(rule)
+    if not rule:
+        return "drops nothing"
+    tau = rule.get("tau", CAPO_DEFAULTS["tau"])
+    if "fraction" in rule:
+        return (
+            f"drops the {rule['fraction']:.0%} least confident pairs of each language (the lowest "
+            "per-token likelihood margins d of the warmed-up reference)"
+        )
+    threshold = rule["threshold"]
+    text = f"drops the pairs whose reference confidence σ(d / {tau:g}) is below {threshold:g}"
+    if 0 < threshold < 1:
+        cut = tau * math.log(threshold / (1 - threshold))
+        text += (
+            f": d below {cut:+.2f} nats per token, d the warmed-up reference's per-token likelihood margin"
+        )
+    return text
 
 
 def drop_suspect_pairs(components, rule: Mapping[str, Any], *, batch_size: int = 32) -> int:

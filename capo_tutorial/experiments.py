@@ -59,6 +59,7 @@ __all__ = [
     "METHODS",
     "RECOMPUTE_TOLERANCE",
     "REGIME_CANDIDATES",
+    "REGIME_GOALS",
     "RESULT_COLUMNS",
     "SCALE2_REGIME_CANDIDATES",
     "SYSTEMATIC_CANDIDATES",
@@ -67,6 +68,7 @@ __all__ = [
     "Method",
     "chosen_variants",
     "grid_runs",
+    "headline_baselines",
     "recompute_cell",
     "run_grid",
     "run_one",
@@ -140,6 +142,12 @@ METHODS: dict[str, Method] = {
 # REGIME_CANDIDATES below (run by experiments/run_grid.py, whose comments say what each candidate gave;
 # results in experiments/results/regime/).
 EXPERIMENT_REGIME: dict[str, Any] = {"testbed_train": 12000, "sft_steps": 1000, "max_steps": 3750}
+
+REGIME_GOALS: dict[str, float] = {"clean DPO": 0.85, "above the reference": 0.10, "cost of the flips": 0.15}
+"""What the experiment regime must show, mean over seeds (fractions of the evaluation pairs): clean-label
+DPO's reward accuracy at least 0.85 ("clean DPO"), at least 10 points above the warmed-up reference's
+own per-token ranking ("above the reference"), and at least 15 points lower with 40% of the training
+labels flipped ("cost of the flips"): preference learning must matter, and so must the noise."""
 
 # The candidates EXPERIMENT_REGIME was chosen from, in the order they were tried: RunConfig changes to the
 # smoke profile (eval_every: evaluate after each epoch). experiments/run_grid.py runs each as the grid
@@ -256,7 +264,8 @@ def strongest_baseline(results: pd.DataFrame) -> str:
     """The baseline family (:data:`BASELINE_FAMILIES`) whose tuned setting scores best in a tuning
     grid's results, by the tuning's own rule (:func:`chosen_variants`): the one the noise grids and
     scale 2 add beside DPO, CAPO and filtering. Chosen on the validation split, so the reported test
-    seeds play no part in the choice.
+    seeds play no part in the choice. Each family is scored by its own reward accuracy, which for
+    SimPO (reference-free) is its policy's per-token likelihood ranking.
 
     Raises:
         ValueError: when a baseline family has no tuning results.
@@ -270,6 +279,15 @@ def strongest_baseline(results: pd.DataFrame) -> str:
     score = rank_variants(select(results))["mean"]
     order = BASELINE_FAMILIES.index  # a tie goes to the family listed first
     return max(BASELINE_FAMILIES, key=lambda family: (score[chosen[family].name], -order(family)))
+
+
+def headline_baselines(results: pd.DataFrame) -> list[str]:
+    """What the book's headline sets CAPO against (``analysis.headline_comparisons``): DPO, the
+    warmed-up reference, filtering, the literal CAPO, and the strongest baseline by a tuning grid's
+    ``results`` (:func:`strongest_baseline`)."""
+    from capo_tutorial.analysis import REFERENCE
+
+    return ["dpo", REFERENCE, "filter-dpo", "capo-sigmoid", strongest_baseline(results)]
 
 
 def tuned_methods(results: pd.DataFrame) -> dict[str, Method]:

@@ -100,6 +100,19 @@ def test_only_a_whole_grid_call_finishes_a_grid():
     assert not grid(command="python experiments/run_grid.py tune --noises 0.2", finished="t").finished
 
 
+def test_a_reported_grid_must_be_finished_and_scored_on_one_split(tmp_path):
+    whole = {"command": "python experiments/run_grid.py g", "finished": "t"}
+    write_grid(tmp_path / "g", fake_results(), whole)
+    assert analysis.load_finished_grid("g", tmp_path).name == "g"
+    with pytest.raises(ValueError, match="validation"):
+        analysis.load_finished_grid("g", tmp_path, split="validation")
+    write_grid(tmp_path / "running", fake_results(), {"command": whole["command"]})
+    with pytest.raises(FileNotFoundError, match=r"run_grid\.py running"):
+        analysis.load_finished_grid("running", tmp_path)
+    with pytest.raises(FileNotFoundError, match="absent"):
+        analysis.load_finished_grid("absent", tmp_path)
+
+
 def test_find_results_dir_walks_up_and_honours_the_environment(tmp_path, monkeypatch):
     (tmp_path / "experiments" / "results").mkdir(parents=True)
     (tmp_path / "book").mkdir()

@@ -16,6 +16,7 @@ from capo_tutorial.audit import (
     auroc,
     check_drop_rule,
     confidence_of,
+    describe_drop_rule,
     flag_suspects,
     rank_within_language,
     reference_logps,
@@ -287,6 +288,16 @@ def test_drop_rule_is_validated_by_the_run_config():
         "tau": FILTER_TAU,
     }
     assert METHODS["filter-dpo"].config_changes()["loss"] == "dpo"
+
+
+def test_a_drop_rule_is_described_in_words():
+    assert describe_drop_rule({}) == "drops nothing"
+    text = describe_drop_rule({"threshold": 0.3, "tau": 0.25})
+    assert "below 0.3" in text and "d below -0.21 nats" in text  # 0.25 * ln(0.3 / 0.7) = -0.212
+    assert "d below +0.00 nats" in describe_drop_rule({"threshold": 0.5, "tau": 0.25})
+    assert "20% least confident pairs of each language" in describe_drop_rule({"fraction": 0.2})
+    with pytest.raises(ValueError, match="unknown keys"):
+        describe_drop_rule({"share": 0.2})
 
 
 def test_filter_dpo_trains_on_exactly_the_pairs_the_audit_keeps(tmp_path):

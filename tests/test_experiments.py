@@ -18,11 +18,13 @@ from capo_tutorial.experiments import (
     METHODS,
     RECOMPUTE_TOLERANCE,
     REGIME_CANDIDATES,
+    REGIME_GOALS,
     RESULT_COLUMNS,
     SYSTEMATIC_CANDIDATES,
     TRUE_NOISE_RATE,
     TUNING,
     chosen_variants,
+    headline_baselines,
     recompute_cell,
     run_grid,
     run_one,
@@ -209,6 +211,17 @@ def test_the_regime_is_one_of_its_candidates():
     assert set(REGIME_CANDIDATES[chosen[0]]) - set(EXPERIMENT_REGIME) <= {"eval_every"}
 
 
+def test_the_regime_met_its_goals_on_validation():
+    """The committed regime grid of the chosen candidate shows what EXPERIMENT_REGIME is said to meet."""
+    (chosen,) = [n for n, c in REGIME_CANDIDATES.items() if c.items() >= EXPERIMENT_REGIME.items()]
+    runs = select(load_grid(f"regime/{chosen}", RESULTS).results, method="dpo").set_index("noise")
+    clean, noisy = runs.loc[0.0], runs.loc[0.4]
+    assert clean.eval_split == "validation"
+    assert clean.accuracy >= REGIME_GOALS["clean DPO"]
+    assert clean.accuracy - clean.reference_accuracy >= REGIME_GOALS["above the reference"]
+    assert clean.accuracy - noisy.accuracy >= REGIME_GOALS["cost of the flips"]
+
+
 def test_the_true_noise_rate_becomes_the_cells_rate():
     told = next(m for m in TUNING["rdpo"] if TRUE_NOISE_RATE in m.params.values())
     assert told.config_changes(0.4)["loss_params"] == {"label_smoothing": 0.4}
@@ -344,6 +357,7 @@ def test_the_strongest_baseline_is_the_best_tuned_baseline_on_validation():
     noises = [0.2, 0.4]
     tune = pd.concat(_overall_rows(settings, [100], n, "validation") for n in noises)
     assert strongest_baseline(tune) == "rdpo", "DPO is no baseline of its own"
+    assert headline_baselines(tune) == ["dpo", "reference", "filter-dpo", "capo-sigmoid", "rdpo"]
     assert strongest_baseline(tune[tune.method != TUNING["rdpo"][0].name]) == "simpo"
     with pytest.raises(ValueError, match="hinge"):
         strongest_baseline(tune[~tune.method.str.startswith("hinge")])
