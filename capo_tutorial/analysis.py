@@ -296,6 +296,7 @@ def paired_differences(
     baseline: str = "dpo",
     value: str = "accuracy",
     keys: Sequence[str] = PAIR_KEYS,
+    across: str = "method",
 ) -> pd.DataFrame:
     """Each method's ``value`` minus the baseline's on the same seed and cell.
 
@@ -305,20 +306,23 @@ def paired_differences(
 
     Args:
         frame: tidy results (any subset of rows); the ``keys`` present in it pair the rows.
-        baseline: the method subtracted.
+        baseline: the level of ``across`` subtracted (a method, by default).
         value: the metric column.
         keys: the columns that must agree for two rows to be paired (those absent are ignored).
+        across: the column whose levels are compared, "method" by default; e.g. "pattern" (with
+            "method" among the keys) compares each noise placement with the baseline placement,
+            method by method.
 
     Returns:
-        DataFrame with method, the keys, ``value``, ``baseline_value`` and ``difference``, one row per
-        non-baseline row that has a baseline partner (the baseline's own rows are left out).
+        DataFrame with ``across``, the keys, ``value``, ``baseline_value`` and ``difference``, one row
+        per non-baseline row that has a baseline partner (the baseline's own rows are left out).
     """
-    keys = [key for key in keys if key in frame.columns]
-    require_columns(frame, ["method", value, *keys])
-    base = frame[frame.method == baseline][[*keys, value]].rename(columns={value: "baseline_value"})
+    keys = [key for key in keys if key in frame.columns and key != across]
+    require_columns(frame, [across, value, *keys])
+    base = frame[frame[across] == baseline][[*keys, value]].rename(columns={value: "baseline_value"})
     if base.duplicated(keys).any():
         raise ValueError(f"the baseline {baseline!r} has several rows per {keys}; add a key to pair on")
-    others = frame[frame.method != baseline][["method", *keys, value]]
+    others = frame[frame[across] != baseline][[across, *keys, value]]
     paired = others.merge(base, on=keys, how="inner")
     paired["difference"] = paired[value] - paired["baseline_value"]
     return paired.reset_index(drop=True)
@@ -414,6 +418,7 @@ def improvement_over_baseline(
     value: str = "accuracy",
     by: Sequence[str] = ("method", "noise"),
     level: float = 0.95,
+    keys: Sequence[str] = PAIR_KEYS,
 ) -> pd.DataFrame:
     """How much each method improves on the baseline, in absolute points and relative to the baseline.
 
@@ -424,6 +429,8 @@ def improvement_over_baseline(
         value: the metric (a fraction, e.g. reward accuracy).
         by: the groups to report; must include "method".
         level: the intervals' coverage (e.g. ``1 - 0.05 / m`` for m comparisons, Bonferroni).
+        keys: what pairs two rows (:func:`paired_differences`), e.g. ``("seed", "tier")`` for rows
+            pooled by resource tier.
 
     Returns:
         DataFrame with the ``by`` columns and: mean (the method's mean over seeds), baseline_mean,
@@ -436,7 +443,7 @@ def improvement_over_baseline(
     """
     if "method" not in by:
         raise ValueError("by must include 'method'")
-    paired = paired_differences(frame, baseline=baseline, value=value)
+    paired = paired_differences(frame, baseline=baseline, value=value, keys=keys)
     grouped = paired.groupby(list(by), sort=False)
     table = pd.DataFrame(
         {

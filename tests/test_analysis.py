@@ -166,6 +166,19 @@ def test_paired_differences_pair_the_same_seed_and_cell():
     assert by_language["std"].max() == pytest.approx(0.0, abs=1e-12)
 
 
+def test_paired_differences_across_another_column_pair_within_each_method():
+    runs = analysis.select(fake_results(noises=(0.2,)))
+    near_miss = runs.assign(pattern="near-miss", accuracy=runs.accuracy - 0.03 * (runs.method == "capo"))
+    both = pd.concat([runs.assign(pattern="uniform"), near_miss])
+    shift = analysis.paired_differences(both, baseline="uniform", across="pattern", keys=("seed", "method"))
+    assert set(shift.pattern) == {"near-miss"} and len(shift) == 2 * 3  # two methods x three seeds
+    by_method = shift.groupby("method").difference.mean()
+    assert by_method["capo"] == pytest.approx(-0.03) and by_method["dpo"] == pytest.approx(0.0)
+    tiers = runs.assign(tier="high").rename(columns={"language": "lang"})
+    table = analysis.improvement_over_baseline(tiers, by=("method", "tier"), keys=("seed", "tier"))
+    assert table.set_index("method").loc["capo", "tier"] == "high"
+
+
 def test_paired_differences_refuse_ambiguous_pairs():
     frame = fake_results()
     with pytest.raises(ValueError, match="several rows"):
