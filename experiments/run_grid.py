@@ -24,6 +24,7 @@ from capo_tutorial.experiments import (
     EXPERIMENT_REGIME,
     METHODS,
     REGIME_CANDIDATES,
+    SCALE2_REGIME,
     SCALE2_REGIME_CANDIDATES,
     TUNING,
     Method,
@@ -167,13 +168,15 @@ GRIDS = {
         profile="smoke",
         overrides=dict(max_steps=100),
     ),
-    # scale2: robust DPO (built for flipped labels) and SimPO (scale 1's strongest baseline at 30%)
+    # Scale 2: a pretrained multilingual model (Gemma 3 270M + LoRA, the cpu profile) in a regime of its
+    # own where clean DPO beats the reference (SCALE2_REGIME): DPO, CAPO, filtering and the strongest
+    # baseline, clean and with 30% of the labels flipped.
     "scale2": dict(
-        methods=lambda: ["dpo", "capo", "rdpo", "simpo"],
-        seeds=[0, 1, 2],
-        noises=[0.3],
+        methods=_four_methods,
+        seeds=REPORTED_SEEDS[:3],
+        noises=[0.0, 0.3],
         profile="cpu",
-        overrides={},
+        overrides=dict(SCALE2_REGIME),
     ),
 }
 # Each regime candidate as a grid of its own: DPO on the validation split with the first sweep seed.

@@ -20,6 +20,8 @@ from capo_tutorial.experiments import (
     REGIME_CANDIDATES,
     REGIME_GOALS,
     RESULT_COLUMNS,
+    SCALE2_REGIME,
+    SCALE2_REGIME_CANDIDATES,
     SYSTEMATIC_CANDIDATES,
     TRUE_NOISE_RATE,
     TUNING,
@@ -222,6 +224,13 @@ def test_the_regime_met_its_goals_on_validation():
     assert clean.accuracy - noisy.accuracy >= REGIME_GOALS["cost of the flips"]
 
 
+def test_scale2_runs_a_candidate_where_clean_dpo_beat_its_reference():
+    (chosen,) = [n for n, c in SCALE2_REGIME_CANDIDATES.items() if c.items() >= SCALE2_REGIME.items()]
+    assert set(SCALE2_REGIME_CANDIDATES[chosen]) - set(SCALE2_REGIME) <= {"eval_every"}
+    clean = select(load_grid(f"regime/{chosen}", RESULTS).results, method="dpo", noise=0.0).iloc[0]
+    assert clean.eval_split == "validation" and clean.accuracy > clean.reference_accuracy
+
+
 def test_the_true_noise_rate_becomes_the_cells_rate():
     told = next(m for m in TUNING["rdpo"] if TRUE_NOISE_RATE in m.params.values())
     assert told.config_changes(0.4)["loss_params"] == {"label_smoothing": 0.4}
@@ -290,7 +299,7 @@ def test_the_grid_script_defines_every_grid_it_documents():
     )
     assert set(grids["tune"]["seeds"]).isdisjoint(grids["scale1"]["seeds"]), "sweep seeds are never reported"
     regimes = [name for name in grids if name.startswith("regime/")]
-    for name in ("tune", "scale1", "systematic", "noise-near-miss", "noise-by-tier", *regimes):
+    for name in ("tune", "scale1", "systematic", "noise-near-miss", "noise-by-tier", "scale2", *regimes):
         profile_config(grids[name]["profile"], **grids[name]["overrides"])  # a valid RunConfig
     documented = set(
         re.findall(r"`python experiments/run_grid.py ([\w/-]+)", (RESULTS.parent / "README.md").read_text())
