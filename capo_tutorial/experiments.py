@@ -232,6 +232,12 @@ TUNING: dict[str, list[Method]] = {
 }
 
 
+def _score(mean_accuracy: float) -> float:
+    """A mean accuracy rounded past float noise, so that two settings with the same share of pairs
+    right tie (and the tie rule decides), whatever order the mean was summed in."""
+    return round(float(mean_accuracy), 9)
+
+
 def chosen_variants(results: pd.DataFrame) -> dict[str, Method]:
     """Each family's best setting in a tuning grid's results, under its variant name
     ("cdpo[label_smoothing=0.2]").
@@ -258,7 +264,7 @@ def chosen_variants(results: pd.DataFrame) -> dict[str, Method]:
         if rows.empty:
             continue
         ranked = rank_variants(rows)
-        best = max(ranked.index, key=lambda name: (ranked.loc[name, "mean"], -names.index(name)))
+        best = max(ranked.index, key=lambda name: (_score(ranked.loc[name, "mean"]), -names.index(name)))
         chosen[family] = variants[names.index(best)]
     return chosen
 
@@ -285,7 +291,7 @@ def strongest_baseline(results: pd.DataFrame) -> str:
         raise ValueError(f"the tuning results hold no setting of {missing}")
     score = rank_variants(select(results))["mean"]
     order = BASELINE_FAMILIES.index  # a tie goes to the family listed first
-    return max(BASELINE_FAMILIES, key=lambda family: (score[chosen[family].name], -order(family)))
+    return max(BASELINE_FAMILIES, key=lambda family: (_score(score[chosen[family].name]), -order(family)))
 
 
 def headline_baselines(results: pd.DataFrame) -> list[str]:

@@ -360,6 +360,14 @@ def test_later_grids_read_the_tuning_only_when_complete(tmp_path, monkeypatch):
     assert four[-1].beta == TUNING["hinge"][2].beta
 
 
+def test_a_tie_in_the_tuning_goes_to_the_setting_listed_first_whatever_the_float_rounding():
+    first, second = (v.name for v in TUNING["cdpo"][:2])
+    # 0.7675 + 0.5375 and 0.755 + 0.55 are both 1.305 of a pair share, but not in floating point
+    at_20 = _overall_rows({first: 0.7675, second: 0.755}, [100], 0.2, "validation")
+    at_40 = _overall_rows({first: 0.5375, second: 0.55}, [100], 0.4, "validation")
+    assert chosen_variants(pd.concat([at_20, at_40]))["cdpo"].name == first
+
+
 def test_the_strongest_baseline_is_the_best_tuned_baseline_on_validation():
     settings = {v.name: 0.5 for f in BASELINE_FAMILIES for v in TUNING[f]}
     settings |= {TUNING["simpo"][1].name: 0.7, TUNING["rdpo"][0].name: 0.8, TUNING["dpo"][0].name: 0.9}
