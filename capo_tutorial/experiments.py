@@ -232,10 +232,27 @@ TUNING: dict[str, list[Method]] = {
 }
 
 
-def _score(mean_accuracy: float) -> float:
-    """A mean accuracy rounded past float noise, so that two settings with the same share of pairs
-    right tie (and the tie rule decides), whatever order the mean was summed in."""
-    return round(float(mean_accuracy), 9)
+def _tuning_scores(results: pd.DataFrame) -> pd.Series:
+    """Each setting's score by the tuning rule: its mean validation reward accuracy over the grid's
+    noise levels, seeds averaged first (:func:`capo_tutorial.analysis.rank_variants`), rounded past
+    float noise so that two settings with the same share of pairs right tie, whatever order the mean
+    was summed in."""
+    from capo_tutorial.analysis import rank_variants, select
+
+    if set(results.eval_split) != {"validation"}:
+        raise ValueError(f"tune on the validation split only; these results hold {set(results.eval_split)}")
+    return rank_variants(select(results))["mean"].map(lambda mean: round(float(mean), 9))
+
+
+def _picks(score: pd.Series) -> dict[str, Method]:
+    """Each family's best-scoring setting among those in ``score``; a tie goes to the one listed first."""
+    chosen = {}
+    for family, variants in TUNING.items():
+        ran = [index for index, variant in enumerate(variants) if variant.name in score.index]
+        if ran:
+            best = max(ran, key=lambda index: (score[variants[index].name], -index))
+            chosen[family] = variants[best]
+    return chosen
 
 
 def chosen_variants(results: pd.DataFrame) -> dict[str, Method]:
@@ -252,21 +269,7 @@ def chosen_variants(results: pd.DataFrame) -> dict[str, Method]:
     Returns:
         {family: Method}, for the families with results.
     """
-    from capo_tutorial.analysis import rank_variants, select
-
-    if set(results.eval_split) != {"validation"}:
-        raise ValueError(f"tune on the validation split only; these results hold {set(results.eval_split)}")
-    overall = select(results)
-    chosen = {}
-    for family, variants in TUNING.items():
-        names = [m.name for m in variants]
-        rows = overall[overall.method.isin(names)]
-        if rows.empty:
-            continue
-        ranked = rank_variants(rows)
-        best = max(ranked.index, key=lambda name: (_score(ranked.loc[name, "mean"]), -names.index(name)))
-        chosen[family] = variants[names.index(best)]
-    return chosen
+    return _picks(_tuning_scores(results))
 
 
 # The methods the book sets CAPO against that are neither DPO itself, CAPO in another form, nor filtering.
@@ -283,15 +286,13 @@ def strongest_baseline(results: pd.DataFrame) -> str:
     Raises:
         ValueError: when a baseline family has no tuning results.
     """
-    from capo_tutorial.analysis import rank_variants, select
-
-    chosen = chosen_variants(results)
+    score = _tuning_scores(results)
+    chosen = _picks(score)
     missing = [family for family in BASELINE_FAMILIES if family not in chosen]
     if missing:
         raise ValueError(f"the tuning results hold no setting of {missing}")
-    score = rank_variants(select(results))["mean"]
     order = BASELINE_FAMILIES.index  # a tie goes to the family listed first
-    return max(BASELINE_FAMILIES, key=lambda family: (_score(score[chosen[family].name]), -order(family)))
+    return max(BASELINE_FAMILIES, key=lambda family: (score[chosen[family].name], -order(family)))
 
 
 def headline_baselines(results: pd.DataFrame) -> list[str]:

@@ -125,8 +125,9 @@ NOISE_TYPE_RATE = 0.2
 
 def _four_methods() -> list[Method]:
     """DPO, CAPO, filtering and the strongest baseline by the tuning (validation), each as tuned."""
-    strongest = strongest_baseline(_tune_results(*BASELINE_FAMILIES))
-    return _tuned("dpo", "capo", "filter-dpo", strongest)
+    results = _tune_results("dpo", "capo", "filter-dpo", *BASELINE_FAMILIES)
+    chosen = tuned_methods(results)
+    return [chosen[family] for family in ("dpo", "capo", "filter-dpo", strongest_baseline(results))]
 
 
 def _in_regime(methods, seeds: list[int], noises: list[float], **changes) -> dict:
