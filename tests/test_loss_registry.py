@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator
 
 import capo_tutorial
 from capo_tutorial import training
@@ -125,7 +124,7 @@ def test_a_registered_loss_trains_without_a_reference_and_gets_the_strength(regi
     model = tiny_causal_lm(40, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, seed=0)
     components = type("Components", (), {"reference": NoReference()})()
     batch = tiny_batch()
-    metrics = training._preference_step(model, batch, config, components, Accelerator(cpu=True))
+    metrics = training._preference_step(model, batch, config, components, training.make_accelerator(config))
     # the same loss by hand: mean over pairs of -s log sigmoid(0.5 * per-token margin - 0.25)
     from capo_tutorial.logprobs import concatenated_logps
 
