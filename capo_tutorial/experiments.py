@@ -67,6 +67,7 @@ __all__ = [
     "TRUE_NOISE_RATE",
     "TUNING",
     "Method",
+    "cells_done",
     "chosen_variants",
     "grid_runs",
     "headline_baselines",
@@ -114,10 +115,9 @@ FILTER_TAU = 0.25
 """The temperature at which filter-dpo's confidence thresholds are read (see TUNING)."""
 
 
-# The methods of the experiments. "capo" is CAPO_DEFAULTS, the variant the sweep grid chose on the
-# validation split (best mean validation reward accuracy at 20% and 40% flipped labels; see
-# experiments/README.md); "capo-sigmoid" is the implicit-reward source, the sweep's reading of the
-# paper's relative reward.
+# The methods of the experiments, at their settings before tuning (TUNING's first settings), except
+# "capo": CAPO_DEFAULTS, which follows the tuning's pick (experiments/README.md says how it was chosen).
+# "capo-sigmoid" is the implicit-reward source, the literal reading of the paper's relative reward.
 METHODS: dict[str, Method] = {
     m.name: m
     for m in [
@@ -543,11 +543,13 @@ def _append_rows(rows: pd.DataFrame, results_path: Path) -> None:
         rows.to_csv(results_path, mode="a", header=header, index=False)
 
 
+def cells_done(results: pd.DataFrame) -> set[tuple[str, int, float]]:
+    """The (method, seed, noise) cells that a grid's tidy results hold."""
+    return set(zip(results.method, results.seed.astype(int), results.noise.astype(float), strict=True))
+
+
 def _done_cells(results_path: Path) -> set[tuple[str, int, float]]:
-    if not results_path.exists():
-        return set()
-    frame = pd.read_csv(results_path)
-    return set(zip(frame.method, frame.seed.astype(int), frame.noise.astype(float), strict=True))
+    return cells_done(pd.read_csv(results_path)) if results_path.exists() else set()
 
 
 def _git_commit() -> str:

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from capo_tutorial.analysis import select
 from capo_tutorial.experiments import (
     BASELINE_FAMILIES,
     EXPERIMENT_REGIME,
@@ -28,6 +27,7 @@ from capo_tutorial.experiments import (
     SCALE2_REGIME_CANDIDATES,
     TUNING,
     Method,
+    cells_done,
     run_grid,
     strongest_baseline,
     tuned_methods,
@@ -88,8 +88,7 @@ def _tuning_variants() -> list[Method]:
 
 def _missing_cells(results: pd.DataFrame, methods: list[str], seeds: list[int], noises: list[float]) -> list:
     """The (method, seed, noise) cells of a grid's results that have not run yet."""
-    runs = select(results)
-    done = set(zip(runs.method, runs.seed, runs.noise))
+    done = cells_done(results)
     return [(m, s, n) for m in methods for s in seeds for n in noises if (m, s, n) not in done]
 
 
