@@ -51,13 +51,14 @@ __all__ = [
     "simpo_loss",
 ]
 
-CAPO_DEFAULTS: Mapping[str, Any] = MappingProxyType({"confidence": "reference", "tau": 0.25, "gamma": 1.0})
+CAPO_DEFAULTS: Mapping[str, Any] = MappingProxyType({"confidence": "reference", "tau": 1.0, "gamma": 1.0})
 """The CAPO this project recommends, and the defaults of :func:`capo_loss`: the reference model's
-per-token likelihood margin as the confidence source, temperature 0.25, focusing exponent 1. The
-validation sweep chose it (``experiments/results/sweep``, book chapter 6): the best mean validation
-reward accuracy at 20% and 40% flipped labels among nine CAPO variants. Everything that runs "CAPO"
-without saying how (``METHODS["capo"]``, ``capo train --loss capo``, ``CAPOConfig``, the benchmark)
-reads it from here."""
+per-token likelihood margin as the confidence source, temperature 1, focusing exponent 1. The source
+and exponent come from a first validation sweep over nine CAPO variants (``experiments/results/sweep``);
+the temperature from the tuning grid (``experiments/results/tune``, book chapter 6), which gives every
+method four settings of its own knob and picks the best mean validation reward accuracy at 20% and 40%
+flipped labels. Everything that runs "CAPO" without saying how (``METHODS["capo"]``, ``capo train
+--loss capo``, ``CAPOConfig``, the benchmark) reads it from here."""
 
 
 class PreferenceLossOutput(NamedTuple):
@@ -510,7 +511,7 @@ def capo_loss(
 ) -> PreferenceLossOutput:
     """CAPO as this project derives it (book, ch. 2): l_i = -w_i log sigmoid(m_i), w = stopgrad(c**gamma s).
 
-    The defaults are :data:`CAPO_DEFAULTS` (the reference source, tau = 0.25, gamma = 1), which need
+    The defaults are :data:`CAPO_DEFAULTS` (the reference source, tau = 1, gamma = 1), which need
     ``chosen_lengths`` and ``rejected_lengths``; ``confidence="sigmoid", tau=1`` is the literal
     reading of the paper's relative-reward confidence, which the book (ch. 2) argues fails.
 
