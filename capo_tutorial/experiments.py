@@ -71,6 +71,7 @@ __all__ = [
     "chosen_variants",
     "grid_runs",
     "headline_baselines",
+    "picks_at_an_end",
     "recompute_cell",
     "run_grid",
     "run_one",
@@ -307,6 +308,33 @@ def headline_baselines(results: pd.DataFrame) -> list[str]:
 def tuned_methods(results: pd.DataFrame) -> dict[str, Method]:
     """:func:`chosen_variants` renamed to their families ("cdpo"): the methods the later grids run."""
     return {family: dataclasses.replace(m, name=family) for family, m in chosen_variants(results).items()}
+
+
+def _setting(variant: Method) -> tuple[str, float | None]:
+    """The knob and value a tuning variant's name spells (``dpo[beta=0.05]`` -> ("beta", 0.05));
+    the value is None when it is not a number (``true-noise``)."""
+    knob, _, value = variant.name[variant.name.index("[") + 1 : -1].partition("=")
+    try:
+        return knob, float(value)
+    except ValueError:
+        return knob, None
+
+
+def picks_at_an_end(picks: dict[str, Method]) -> dict[str, str]:
+    """The families whose pick (:func:`chosen_variants`) is the lowest or the highest value tried of
+    their knob, ``{family: "lowest" | "highest"}``: a better setting may lie beyond the range. Families
+    whose settings mix knobs (filter-dpo's threshold and fraction) or include a value that is not a
+    number (cDPO's ``true-noise``) have no ordered range and are left out."""
+    ends = {}
+    for family, pick in picks.items():
+        settings = [_setting(variant) for variant in TUNING[family]]
+        values = [value for _, value in settings]
+        if len({knob for knob, _ in settings}) > 1 or None in values:
+            continue
+        chosen = _setting(pick)[1]
+        if chosen in (min(values), max(values)):
+            ends[family] = "lowest" if chosen == min(values) else "highest"
+    return ends
 
 
 SYSTEMATIC_CANDIDATES = "systematic-candidate"

@@ -27,6 +27,7 @@ from capo_tutorial.experiments import (
     TUNING,
     chosen_variants,
     headline_baselines,
+    picks_at_an_end,
     recompute_cell,
     run_grid,
     run_one,
@@ -194,6 +195,17 @@ def test_every_method_gets_the_same_tuning_budget():
         if family != "capo":  # CAPO's default follows the tuning (CAPO_DEFAULTS); the others' did not move
             assert settings[0] == runs_as, "the first setting is the one the method ran with untuned"
     assert TUNING["capo"][0].params["tau"] == 0.25, "CAPO's temperature before tuning comes first"
+
+
+def test_picks_at_an_end_of_their_range_are_named():
+    picks = {
+        "dpo": TUNING["dpo"][1],  # beta 0.05 of 0.05-0.5
+        "ipo": TUNING["ipo"][3],  # beta 1.0 of 0.1-1.0
+        "simpo": TUNING["simpo"][0],  # margin 0.5 of 0-2
+        "cdpo": TUNING["cdpo"][0],  # 0.1, but the settings include "true-noise": no ordered range
+        "filter-dpo": TUNING["filter-dpo"][3],  # a fraction among thresholds: no one knob
+    }
+    assert picks_at_an_end(picks) == {"dpo": "lowest", "ipo": "highest"}
 
 
 def test_capo_defaults_are_what_the_tuning_chose():
