@@ -140,6 +140,11 @@ GRIDS = {
     # with seeds never reported; scale1 and the noise grids run each method as it chose.
     "tune": _in_regime(_tuning_variants, SWEEP_SEEDS, TUNE_NOISES, eval_split="validation"),
     "scale1": _in_regime(_tuned, REPORTED_SEEDS, [0.0, 0.2, 0.4]),
+    # The regime's clean goal on the test split with the beta it was chosen with (the profile's, not
+    # DPO's tuned one, which the tuning picked at 20% and 40% flipped): clean DPO on the reported seeds,
+    # paired by seed with scale1's clean DPO. It tells a regime that misses on test from a tuned beta
+    # that costs clean accuracy; nothing is picked from it.
+    "regime-check": _in_regime(lambda: ["dpo"], REPORTED_SEEDS, [0.0]),
     # Noise as multilingual data has it, NOISE_TYPE_RATE flipped on average: DPO, CAPO, filtering and
     # the strongest baseline (picked by the tuning, on validation data, before any test run).
     "noise-near-miss": _in_regime(
