@@ -391,3 +391,55 @@ def test_the_strongest_baseline_is_the_best_tuned_baseline_on_validation():
     with pytest.raises(ValueError, match="hinge"):
         strongest_baseline(tune[~tune.method.str.startswith("hinge")])
     assert set(BASELINE_FAMILIES) == set(TUNING) - {"dpo", "capo", "capo-sigmoid", "filter-dpo"}
+
+
+def _summariser(monkeypatch):
+    """experiments/summarise_grid.py, imported as a module (it imports run_grid.py beside it)."""
+    monkeypatch.syspath_prepend(str(RESULTS.parent))
+    return importlib.import_module("summarise_grid")
+
+
+def test_summarise_grid_reports_a_finished_grids_runs_and_cost(monkeypatch, capsys):
+    summarise = _summariser(monkeypatch)
+    assert summarise.main(["tune"]) == 0
+    out = capsys.readouterr().out
+    runs = select(load_grid("tune", RESULTS).results)
+    assert f"runs {len(runs)} of {len(runs)} planned" in out and "NOT FINISHED" not in out
+    assert f"cost {runs.seconds.sum() / 3600:.2f} core-hours over {len(runs)} runs" in out
+    assert "where runs are to go" not in out
+
+
+def test_summarise_grid_plans_a_grid_run_in_slices_from_its_definition(monkeypatch, capsys, tmp_path):
+    """A slice's manifest names only the slice: the plan is the whole grid's, from run_grid.py."""
+    summarise = _summariser(monkeypatch)
+    tune = load_grid("tune", RESULTS)
+    first = select(tune.results).drop_duplicates("method").method.iloc[:3]
+    part = tmp_path / "tune-part"
+    part.mkdir()
+    tune.results[tune.results.method.isin(first) & (tune.results.noise == 0.2)].to_csv(
+        part / "results.csv", index=False
+    )
+    manifest = {k: v for k, v in tune.manifest.items() if k != "finished"}
+    manifest["command"] = "python experiments/run_grid.py tune --out /tmp/x --noises 0.2"
+    (part / "manifest.json").write_text(json.dumps(manifest))
+    assert summarise.main(["tune-part", "--root", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    planned = len(tune.manifest["grid"]["methods"]) * 2  # every setting at 20% and 40% flipped
+    assert f"runs 3 of {planned} planned" in out and "NOT FINISHED" in out
+    assert f"    {first.iloc[0]}: 0.2: 1/1, 0.4: 0/1" in out
+
+
+def test_summarise_grid_pairs_the_method_with_each_other_method_by_seed(monkeypatch):
+    summarise = _summariser(monkeypatch)
+    accuracy = {"capo": [0.80, 0.70, 0.75], "dpo": [0.78, 0.66, 0.74]}
+    runs = pd.concat(
+        [
+            _overall_rows({method: values[seed]}, [seed], 0.2, "test")
+            for method, values in accuracy.items()
+            for seed in range(3)
+        ]
+    ).assign(reference_accuracy=0.6, likelihood_accuracy=0.7, loss="dpo")
+    table = summarise.headline(runs, "capo").set_index("baseline")
+    assert table.loc["dpo", "points"].startswith("+2.3 [")  # (2 + 4 + 1) / 3 points, paired by seed
+    assert table.loc["reference", "value"] == "likelihood_accuracy"  # one rule on both sides
+    assert summarise.headline(runs[runs.seed == 0], "capo") is None  # one seed cannot be paired twice
