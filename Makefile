@@ -65,13 +65,16 @@ test-fast: venv
 	@$(TEST_CACHES); $(PYTEST) tests -m "not slow"
 
 # The main job: build the book to _build/html, executing every notebook (warnings are errors).
-PKG_SOURCES := $(shell find capo_tutorial -name '*.py') pyproject.toml
-# Jupyter Book's cache only notices changed notebooks: drop it when the package changes.
-_build/.package-stamp: $(PKG_SOURCES)
-	rm -rf _build/.jupyter_cache
+# Jupyter Book re-executes only the notebooks that Sphinx finds changed, yet every chapter runs the
+# package and several read the committed results: when either changes, drop the notebook cache and
+# Sphinx's record of what it has read (.doctrees), so that every chapter executes again.
+BOOK_INPUTS := $(shell find capo_tutorial -name '*.py') pyproject.toml \
+	$(shell find experiments/results -name results.csv -o -name manifest.json)
+_build/.inputs-stamp: $(BOOK_INPUTS)
+	rm -rf _build/.jupyter_cache _build/.doctrees
 	mkdir -p _build && touch $@
 
-book: venv _build/.package-stamp
+book: venv _build/.inputs-stamp
 	OMP_NUM_THREADS=1 $(VENV)/bin/jupyter-book build . --warningiserror --keep-going --path-output .
 
 clean:
