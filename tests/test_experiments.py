@@ -421,6 +421,7 @@ def test_summarise_grid_plans_a_grid_run_in_slices_from_its_definition(monkeypat
     )
     manifest = {k: v for k, v in tune.manifest.items() if k != "finished"}
     manifest["command"] = "python experiments/run_grid.py tune --out /tmp/x --noises 0.2"
+    manifest["grid"] = {**manifest["grid"], "methods": list(first), "noises": [0.2]}  # as a slice records it
     (part / "manifest.json").write_text(json.dumps(manifest))
     assert summarise.main(["tune-part", "--root", str(tmp_path)]) == 0
     out = capsys.readouterr().out
