@@ -14,7 +14,7 @@
 # are unchanged (pip installs with --no-compile: the tests import a small part of what it would compile).
 # torch is installed first and pinned (a CPU wheel on local disk; unpinned, pip would fetch
 # a multi-GB CUDA build), then the package with the pinned trl and a transformers that it supports.
-# --create-only builds the environments and stops (`make test` builds them while its unit tests run).
+# --create-only builds the environments and stops. `make test` runs this script beside its own pytest run.
 # The versions' tests run side by side too, one process (one BLAS thread) each: on 2 cores that is
 # as fast as pytest-xdist inside each, without starting its workers; their logs print one after the other.
 set -euo pipefail
