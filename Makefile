@@ -39,14 +39,16 @@ TEST_CACHES = export CAPO_TEST_CACHES="$$(mktemp -d -t capo-tests-XXXXXX)" && tr
 PYTEST = OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile
 
 # The README's test command: ruff, then the unit tests and every notebook (nbmake) in one pytest run,
-# and meanwhile the TRL matrix (its environments, built the first time only, then its tests), whose log
-# prints at the end. Run side by side, the matrix fills the core that pytest leaves idle while its
-# last, longest files finish, instead of adding its minutes after them.
+# and beside it the TRL matrix (its environments, built the first time only, then its tests), whose log
+# prints at the end. The two share the cores from the start, so the matrix's minutes overlap pytest's
+# instead of following them. The matrix runs in its own process group (setsid, where there is one),
+# so that Ctrl-C or a kill stops it too.
 # A notebook cell may take an hour before nbmake calls it hung: a loaded machine is not a failure.
 test: venv lint
 	@$(TEST_CACHES); \
-	PYTHON=$(PYTHON) TORCH_SPEC="$(TORCH_SPEC)" .ci/trl_matrix.sh > "$$CAPO_TEST_CACHES/trl-matrix.log" 2>&1 & \
+	PYTHON=$(PYTHON) TORCH_SPEC="$(TORCH_SPEC)" $$(command -v setsid) .ci/trl_matrix.sh > "$$CAPO_TEST_CACHES/trl-matrix.log" 2>&1 & \
 	matrix=$$!; \
+	trap 'kill -- -$$matrix 2>/dev/null || kill $$matrix 2>/dev/null; exit 130' INT TERM; \
 	$(PYTEST) tests book --nbmake --nbmake-timeout=3600; status=$$?; \
 	wait $$matrix; matrix_status=$$?; \
 	echo "== the TRL matrix (.ci/trl_matrix.sh)"; cat "$$CAPO_TEST_CACHES/trl-matrix.log"; \
@@ -70,9 +72,10 @@ test-fast: venv
 # The main job: build the book to _build/html, executing every notebook (warnings are errors).
 # Jupyter Book re-executes only the notebooks that Sphinx finds changed, yet every chapter runs the
 # package and several read the committed results: when either changes, drop the notebook cache and
-# Sphinx's record of what it has read (.doctrees), so that every chapter executes again.
+# Sphinx's record of what it has read (.doctrees), so that every chapter executes again. A grid being
+# rerun into a `-new` folder (appended to while it runs) is not read by the book and does not count.
 BOOK_INPUTS := $(shell find capo_tutorial -name '*.py') pyproject.toml \
-	$(shell find experiments/results -name results.csv -o -name manifest.json)
+	$(shell find experiments/results \( -name results.csv -o -name manifest.json \) -not -path '*-new/*')
 _build/.inputs-stamp: $(BOOK_INPUTS)
 	rm -rf _build/.jupyter_cache _build/.doctrees
 	mkdir -p _build && touch $@

@@ -108,14 +108,18 @@ class Grid:
         sliced = any(flag in command.split() for flag in ("--methods", "--seeds", "--noises"))
         return "finished" in self.manifest and not sliced
 
-    def completeness(self) -> pd.DataFrame:
+    def completeness(self, planned: dict[str, list] | None = None) -> pd.DataFrame:
         """Seeds done against seeds planned, per method and noise rate of the manifest's grid.
+
+        Args:
+            planned: the whole grid's ``{"methods", "seeds", "noises"}`` where the manifest holds less
+                (a grid run in slices records only its last slice); default the manifest's grid.
 
         Returns:
             DataFrame with columns method, noise, seeds_done, seeds_planned, one row per planned cell
-            (and per cell found in the results that the manifest does not plan).
+            (and per cell found in the results that the plan leaves out).
         """
-        planned = self.manifest.get("grid", {})
+        planned = self.manifest.get("grid", {}) if planned is None else planned
         methods = list(planned.get("methods", []))
         noises = [float(n) for n in planned.get("noises", [])]
         seeds = len(planned.get("seeds", []))

@@ -144,7 +144,7 @@ GRIDS = {
     # DPO's tuned one, which the tuning picked at 20% and 40% flipped): clean DPO on the reported seeds,
     # paired by seed with scale1's clean DPO. It tells a regime that misses on test from a tuned beta
     # that costs clean accuracy; nothing is picked from it.
-    "regime-check": _in_regime(lambda: ["dpo"], REPORTED_SEEDS, [0.0]),
+    "regime-check": _in_regime(lambda: [TUNING["dpo"][0]], REPORTED_SEEDS, [0.0]),  # dpo[beta=0.1]
     # Noise as multilingual data has it, NOISE_TYPE_RATE flipped on average: DPO, CAPO, filtering and
     # the strongest baseline (picked by the tuning, on validation data, before any test run).
     "noise-near-miss": _in_regime(

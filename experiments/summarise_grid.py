@@ -22,45 +22,55 @@ import argparse
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import run_grid
 
 from capo_tutorial import analysis
-from capo_tutorial.experiments import cells_done
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def plan(grid: analysis.Grid) -> tuple[list[str], list[int], list[float]]:
-    """(methods, seeds, noises) of the whole grid. A finished grid's manifest holds them; a grid still
-    running in slices records only its last slice there, so its plan is run_grid.py's definition of
-    the grid that the manifest's command names."""
+VERDICT_SEEDS = 3
+"""Seeds below which no verdict is printed: two seeds' differences can agree by chance and give a
+zero-width interval."""
+
+
+def plan(grid: analysis.Grid) -> tuple[dict[str, list], str]:
+    """The whole grid's {"methods", "seeds", "noises"}, and where they come from. A finished grid's
+    manifest holds them; a grid still running in slices records only its last slice there, so its
+    plan is run_grid.py's definition of the grid that the manifest's command names."""
     command = str(grid.manifest.get("command", "")).split()
-    script = "experiments/run_grid.py"
-    name = command[command.index(script) + 1] if script in command[:-1] else None
+    script = next((i for i, token in enumerate(command[:-1]) if Path(token).name == "run_grid.py"), None)
+    name = command[script + 1] if script is not None else None
     if grid.finished or name not in run_grid.GRIDS:
-        planned = grid.manifest.get("grid", {})
-        return [list(planned.get(key, [])) for key in ("methods", "seeds", "noises")]
+        return grid.manifest.get("grid", {}), "the manifest"
     definition = run_grid.GRIDS[name]
     methods = [m if isinstance(m, str) else m.name for m in definition["methods"]()]
-    return methods, list(definition["seeds"]), [float(n) for n in definition["noises"]]
+    planned = {"methods": methods, "seeds": definition["seeds"], "noises": definition["noises"]}
+    return planned, f"run_grid.py's definition of {name}"
 
 
-def progress(grid: analysis.Grid) -> tuple[int, int, dict[str, str]]:
-    """(runs done, runs planned, and per method with runs to go, its noise rates' "seeds done/planned")."""
-    methods, seeds, noises = plan(grid)
-    done = cells_done(grid.results)
-    todo = {}
-    for method in methods:
-        counts = {noise: sum((method, seed, noise) in done for seed in seeds) for noise in noises}
-        if any(count < len(seeds) for count in counts.values()):
-            todo[method] = ", ".join(f"{noise:g}: {count}/{len(seeds)}" for noise, count in counts.items())
-    return len(done), len(methods) * len(seeds) * len(noises), todo
+def progress(grid: analysis.Grid, planned: dict[str, list]) -> tuple[int, int, dict[str, str]]:
+    """(planned runs done, runs planned, and per method with runs to go, each noise rate's "seeds
+    done/planned")."""
+    cells = grid.completeness(planned)
+    cells = cells[cells.seeds_planned > 0]
+    done = cells.seeds_done.clip(upper=cells.seeds_planned)
+    todo = {
+        method: ", ".join(f"{r.noise:g}: {r.seeds_done}/{r.seeds_planned}" for r in rows.itertuples())
+        for method, rows in cells.groupby("method", sort=False)
+        if (rows.seeds_done < rows.seeds_planned).any()
+    }
+    return int(done.sum()), int(cells.seeds_planned.sum()), todo
 
 
-def cost(runs: pd.DataFrame) -> dict[str, float]:
-    """Core-hours, and minutes per run (mean, median), of one row per run with its ``seconds``."""
-    seconds = runs.seconds.dropna()
+def cost(runs: pd.DataFrame) -> dict[str, float] | None:
+    """Core-hours, and minutes per run (mean, median), of one row per run with its ``seconds``; None
+    when no run recorded its time."""
+    seconds = runs["seconds"].dropna() if "seconds" in runs else pd.Series(dtype=float)
+    if seconds.empty:
+        return None
     return {
         "runs": len(seconds),
         "core_hours": seconds.sum() / 3600,
@@ -70,43 +80,56 @@ def cost(runs: pd.DataFrame) -> dict[str, float]:
 
 
 def accuracy_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """Per method and noise rate, over seeds: accuracy as 'mean [low, high]' (95%), the seeds, and
-    the means of the likelihood ranking and of the reference's ranking."""
-    rows = []
-    for (noise, method), cell in runs.groupby(["noise", "method"], sort=False):
-        mean, low, high = analysis.paired_interval(cell.accuracy.to_numpy())
-        rows.append(
-            {
-                "method": method,
-                "noise": noise,
-                "seeds": cell.seed.nunique(),
-                "accuracy [95%]": f"{mean:.3f} [{low:.3f}, {high:.3f}]" if len(cell) > 1 else f"{mean:.3f}",
-                "likelihood": cell.likelihood_accuracy.mean(),
-                "reference": cell.reference_accuracy.mean(),
-            }
-        )
-    return pd.DataFrame(rows).set_index(["method", "noise"])
+    """Per noise rate and method, over seeds: implicit-reward accuracy as 'mean [low, high]' (a 95%
+    Student-t interval of the mean; the mean alone for one seed), the seeds, and the means of the
+    policy's per-token likelihood ranking and of the reference's."""
+    by = ["noise", "method"]
+    summary = analysis.summarise_seeds(runs, "accuracy", by=by)
+    summary = summary.sort_values("noise", kind="stable").set_index(by)
+    half = [
+        analysis.interval_half_width(std, n) if n > 1 else np.nan
+        for std, n in zip(summary["std"], summary.seeds)
+    ]
+    summary["accuracy [95%]"] = [
+        f"{mean:.3f} [{mean - h:.3f}, {mean + h:.3f}]" if np.isfinite(h) else f"{mean:.3f}"
+        for mean, h in zip(summary["mean"], half)
+    ]
+    means = runs.groupby(by, sort=False)[["likelihood_accuracy", "reference_accuracy"]].mean()
+    return (
+        summary[["seeds", "accuracy [95%]"]]
+        .join(means)
+        .rename(columns={"likelihood_accuracy": "likelihood", "reference_accuracy": "reference"})
+    )
 
 
 def headline(runs: pd.DataFrame, method: str) -> pd.DataFrame | None:
-    """``method`` against every other method and the reference, on the seeds both ran (None when the
-    grid has no run of ``method``, or no seed on which it can be paired twice)."""
+    """``method`` against every other method and the reference, paired by seed, in points with the 95%
+    interval and the family's Bonferroni-corrected one (analysis.headline_comparisons); verdicts only
+    from VERDICT_SEEDS seeds. None when ``method`` has fewer than two seeds."""
+    if runs[runs.method == method].seed.nunique() < 2:
+        return None
     both = analysis.with_reference_rows(runs)
     baselines = [m for m in both.method.unique() if m != method]
-    if method not in set(runs.method) or not baselines or runs[runs.method == method].seed.nunique() < 2:
-        return None
     table = analysis.headline_comparisons(both, baselines, method=method)
-    table = table[table.seeds >= 2]
-    cells = [analysis.format_interval(r.absolute_points, r.ci_low, r.ci_high) for r in table.itertuples()]
-    return table.assign(points=cells)[["baseline", "noise", "value", "seeds", "points", "verdict"]]
+    table = table[table.seeds >= 2].copy()
+    enough = table.seeds >= VERDICT_SEEDS
+    table["points [95%]"] = [
+        analysis.format_interval(r.absolute_points, r.ci_low, r.ci_high) for r in table.itertuples()
+    ]
+    table["corrected"] = [
+        analysis.format_interval(r.absolute_points, r.family_low, r.family_high) for r in table.itertuples()
+    ]
+    table["verdict"] = table.verdict.where(enough, "")
+    table["corrected verdict"] = table.family_verdict.where(enough, "")
+    return table[
+        ["baseline", "noise", "value", "seeds", "points [95%]", "verdict", "corrected", "corrected verdict"]
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("grid", help="the grid's folder name under --root, e.g. scale1")
-    parser.add_argument(
-        "--root", type=Path, default=RESULTS, help="the results folder (default: %(default)s)"
-    )
+    parser.add_argument("--root", type=Path, default=RESULTS, help="results folder (default: %(default)s)")
     parser.add_argument("--method", default="capo", help="the method compared with the others")
     arguments = parser.parse_args(argv)
     grid = analysis.load_grid(arguments.grid, arguments.root)
@@ -116,30 +139,39 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"{grid.source} has no method column: experiments/run_grid.py did not write it")
     manifest = grid.manifest
     runs = analysis.select(grid.results)
-    done, planned, todo = progress(grid)
-    spent = cost(runs)
+    planned, planned_by = plan(grid)
+    done, total, todo = progress(grid, planned)
     print(f"{grid.name}: {manifest.get('command', '?')}")
+    commits = ", ".join(c[:9] for c in manifest.get("commits", [])) or "?"
+    finished = f"finished {manifest['finished']}" if grid.finished else "NOT FINISHED"
+    print(f"  commits {commits}; started {manifest.get('started', '?')}; {finished}")
     print(
-        f"  commits {', '.join(c[:9] for c in manifest.get('commits', [])) or '?'}; started "
-        f"{manifest.get('started', '?')}; "
-        + (f"finished {manifest['finished']}" if grid.finished else "NOT FINISHED")
+        f"  runs {done} of {total} planned (the plan: {planned_by}); split(s) {sorted(set(runs.eval_split))}"
     )
-    print(f"  runs {done} of {planned} planned; split(s) {sorted(set(runs.eval_split))}")
     if todo:
         print("  seeds done/planned at each noise rate, where runs are to go:")
         print("\n".join(f"    {method}: {counts}" for method, counts in todo.items()))
+    spent = cost(runs)
     print(
-        f"  cost {spent['core_hours']:.2f} core-hours over {spent['runs']} runs: "
-        f"{spent['mean_minutes']:.1f} minutes per run (median {spent['median_minutes']:.1f})\n"
+        f"  cost {spent['core_hours']:.2f} core-hours over {spent['runs']} runs: {spent['mean_minutes']:.1f} "
+        f"minutes per run (median {spent['median_minutes']:.1f})\n"
+        if spent
+        else "  cost: no run recorded its time\n"
     )
-    with pd.option_context(
-        "display.width", 160, "display.max_rows", 200, "display.float_format", "{:.3f}".format
-    ):
-        print(accuracy_table(runs), "\n")
-        comparisons = headline(runs, arguments.method)
-        if comparisons is not None:
-            print(f"{arguments.method} minus each baseline, paired by seed (points, 95% interval, one rule):")
-            print(comparisons.to_string(index=False))
+    with pd.option_context("display.float_format", "{:.3f}".format):
+        print(accuracy_table(runs).to_string(), "\n")
+    comparisons = headline(runs, arguments.method)
+    if comparisons is None:
+        known = sorted(set(runs.method)) if arguments.method not in set(runs.method) else None
+        print(
+            f"no comparison: {arguments.method!r} has fewer than two seeds here"
+            + (f"; the grid's methods are {known}" if known else "")
+        )
+    else:
+        print(
+            f"{arguments.method} minus each other method, paired by seed (points; one scoring rule per pair):"
+        )
+        print(comparisons.to_string(index=False))
     return 0
 
 

@@ -407,6 +407,8 @@ def test_summarise_grid_reports_a_finished_grids_runs_and_cost(monkeypatch, caps
     assert f"runs {len(runs)} of {len(runs)} planned" in out and "NOT FINISHED" not in out
     assert f"cost {runs.seconds.sum() / 3600:.2f} core-hours over {len(runs)} runs" in out
     assert "where runs are to go" not in out
+    first = runs.iloc[0]  # its accuracy, one seed: the table prints the mean alone
+    assert re.search(rf"{re.escape(first.method)}\s+1\s+{first.accuracy:.3f}\s", out), "the accuracy column"
 
 
 def test_summarise_grid_plans_a_grid_run_in_slices_from_its_definition(monkeypatch, capsys, tmp_path):
@@ -441,6 +443,9 @@ def test_summarise_grid_pairs_the_method_with_each_other_method_by_seed(monkeypa
         ]
     ).assign(reference_accuracy=0.6, likelihood_accuracy=0.7, loss="dpo")
     table = summarise.headline(runs, "capo").set_index("baseline")
-    assert table.loc["dpo", "points"].startswith("+2.3 [")  # (2 + 4 + 1) / 3 points, paired by seed
+    assert table.loc["dpo", "points [95%]"].startswith("+2.3 [")  # (2 + 4 + 1) / 3 points, paired by seed
+    assert table.loc["dpo", "verdict"] in {"ahead", "inconclusive"}  # three seeds: a verdict
     assert table.loc["reference", "value"] == "likelihood_accuracy"  # one rule on both sides
-    assert summarise.headline(runs[runs.seed == 0], "capo") is None  # one seed cannot be paired twice
+    two = summarise.headline(runs[runs.seed < 2], "capo").set_index("baseline")
+    assert two.loc["dpo", "verdict"] == "" and two.loc["dpo", "points [95%]"].startswith("+3.0 [")
+    assert summarise.headline(runs[runs.seed == 0], "capo") is None  # one seed cannot be paired
