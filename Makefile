@@ -40,9 +40,9 @@ PYTEST = OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile
 
 # The README's test command: ruff, then the unit tests and every notebook (nbmake) in one pytest run,
 # and beside it the TRL matrix (its environments, built the first time only, then its tests), whose log
-# prints at the end. The two share the cores from the start, so the matrix's minutes overlap pytest's
-# instead of following them. The matrix runs in its own process group (setsid, where there is one),
-# so that Ctrl-C or a kill stops it too.
+# prints at the end. The two share the cores from the start (on 2 cores this is no faster than running
+# the matrix after pytest: the run is CPU-bound). The matrix runs in its own process group (setsid,
+# where there is one), so that Ctrl-C or a kill stops it too.
 # A notebook cell may take an hour before nbmake calls it hung: a loaded machine is not a failure.
 test: venv lint
 	@$(TEST_CACHES); \

@@ -6,7 +6,8 @@
 Reads ``<root>/<grid>/results.csv`` and ``manifest.json`` (finished or still running) and prints:
 
 - the manifest: command, commits, started and finished stamps;
-- progress: runs done against the runs the manifest's grid plans, and the cells still to run;
+- progress: runs done against the whole grid's plan (the manifest's once the grid has finished; while
+  it runs in slices, run_grid.py's definition of the grid), and the seeds still to run per cell;
 - cost: core-seconds summed over the runs (the ``seconds`` column: one run, one core), per run;
 - per method and noise rate, over seeds: implicit-reward accuracy (mean and 95% interval),
   the policy's own per-token likelihood ranking and the warmed-up reference's;
