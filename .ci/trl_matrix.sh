@@ -23,6 +23,8 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+# The environments are installed without bytecode (--no-compile): the first import writes it, once.
+unset PYTHONDONTWRITEBYTECODE
 
 # VERSION -> the extra requirements that pin a transformers it works with.
 declare -A EXTRA_REQUIREMENTS=(
