@@ -41,7 +41,9 @@ TEST_CACHES = export CAPO_TEST_CACHES="$$(mktemp -d -t capo-tests-XXXXXX)" && tr
 # Two pytest-xdist workers on 2 cores, one BLAS thread each (or they fight over the cores);
 # --dist loadfile keeps a file on one worker: its module fixtures are built once, and the two
 # committed-slice recomputes share one SFT warm-up (xdist_group marks are not honoured with pytest 9).
-PYTEST = OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile
+# --no-loadscope-reorder hands out the files in the order tests/conftest.py sorts them (the warm-up
+# first, the notebooks that reuse it last), not by their number of tests.
+PYTEST = OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder
 
 # The README's test command: ruff, then the unit tests and every notebook (nbmake) in one pytest run,
 # and beside it the TRL matrix (its environments, built the first time only, then its tests), whose log

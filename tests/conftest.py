@@ -79,18 +79,31 @@ def pytest_unconfigure(config) -> None:
 # in the run's CAPO_CACHE while the other worker runs the unit tests; the notebooks come last, when it
 # is there to be reused, instead of each computing it at the same time.
 SMOKE_WARM_UP = "smoke-warm-up"
+# The notebooks that reuse it, longest first (their durations in a `make test` run): they come after
+# the other notebooks, so that no worker waits for the warm-up, and the longest starts first, so that
+# the two workers end close together (xdist hands each worker its next files before it needs them).
+NOTEBOOKS_ON_THE_WARM_UP = (
+    "ch4_training",
+    "ch6_beyond_the_paper",
+    "ch5_reproducing_reward_accuracy",
+    "ch8_auditing",
+)
 
 
 def pytest_collection_modifyitems(config, items) -> None:
-    """The warm-up group, the tests marked slow, the other tests, then the notebooks (when nbmake
-    collects them in the same run); within each, the order of collection."""
+    """The warm-up group, the tests marked slow, the other tests, the notebooks that do not need the
+    warm-up, then those that do (when nbmake collects them in the same run), longest first; otherwise
+    in the order of collection."""
 
-    def rank(item) -> int:
+    def rank(item) -> tuple[int, int]:
         group = item.get_closest_marker("xdist_group")
         if group is not None and group.args == (SMOKE_WARM_UP,):
-            return 0
+            return 0, 0
         if item.path.suffix == ".ipynb":
-            return 3
-        return 1 if item.get_closest_marker("slow") else 2
+            stem = item.path.stem
+            if stem in NOTEBOOKS_ON_THE_WARM_UP:
+                return 4, NOTEBOOKS_ON_THE_WARM_UP.index(stem)
+            return 3, 0
+        return (1 if item.get_closest_marker("slow") else 2), 0
 
     items.sort(key=rank)

@@ -76,6 +76,13 @@ TOC_ENTRIES = _toc_entries(TOC)
 # --- _toc.yml against the files ------------------------------------------------------------------
 
 
+def test_the_test_runs_schedule_only_notebooks_that_exist() -> None:
+    from conftest import NOTEBOOKS_ON_THE_WARM_UP  # tests/conftest.py: an ordering hint for xdist
+
+    missing = set(NOTEBOOKS_ON_THE_WARM_UP) - {path.stem for path in NOTEBOOKS}
+    assert not missing, f"tests/conftest.py names notebooks that are not in book/: {sorted(missing)}"
+
+
 def test_every_toc_entry_exists_once() -> None:
     missing = [entry for entry in TOC_ENTRIES if _toc_path(entry) is None]
     assert not missing, f"_toc.yml lists files that do not exist: {missing}"
