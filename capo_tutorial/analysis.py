@@ -84,6 +84,10 @@ PAIR_KEYS = ("seed", "noise", "systematic", "language", "margin_class")
 the same cell. Runs of one seed and noise rate also share the warm-up, hence the reference."""
 
 
+SLICING_FLAGS = ("--methods", "--seeds", "--noises")
+"""The options of ``experiments/run_grid.py`` that run a slice of a grid instead of all of it."""
+
+
 @dataclass(frozen=True)
 class Grid:
     """One experiment grid as committed: its tidy results and its manifest.
@@ -101,12 +105,25 @@ class Grid:
     source: str = ""
 
     @property
+    def defined_as(self) -> str | None:
+        """The grid name that the manifest's command passed to ``run_grid.py`` (a grid written with
+        ``--out`` to another folder keeps its definition's name), None when the command names none."""
+        command = str(self.manifest.get("command", "")).split()
+        script = next((i for i, token in enumerate(command[:-1]) if Path(token).name == "run_grid.py"), None)
+        return command[script + 1] if script is not None else None
+
+    @property
+    def sliced(self) -> bool:
+        """True when the manifest's command ran only part of the grid (``--methods``, ``--seeds`` or
+        ``--noises``): the manifest's grid then holds that slice, not the whole plan."""
+        command = str(self.manifest.get("command", "")).split()
+        return any(flag in command for flag in SLICING_FLAGS)
+
+    @property
     def finished(self) -> bool:
-        """True when the manifest records that the whole grid ran to its end (a slice's stamp, from a
-        command restricted by ``--methods``, ``--seeds`` or ``--noises``, does not count)."""
-        command = str(self.manifest.get("command", ""))
-        sliced = any(flag in command.split() for flag in ("--methods", "--seeds", "--noises"))
-        return "finished" in self.manifest and not sliced
+        """True when the manifest records that the whole grid ran to its end (a slice's stamp does
+        not count)."""
+        return "finished" in self.manifest and not self.sliced
 
     def completeness(self, planned: dict[str, list] | None = None) -> pd.DataFrame:
         """Seeds done against seeds planned, per method and noise rate of the manifest's grid.

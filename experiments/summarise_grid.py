@@ -41,9 +41,7 @@ def plan(grid: analysis.Grid) -> tuple[dict[str, list], str]:
     """The whole grid's {"methods", "seeds", "noises"}, and where they come from. A finished grid's
     manifest holds them; a grid still running in slices records only its last slice there, so its
     plan is run_grid.py's definition of the grid that the manifest's command names."""
-    command = str(grid.manifest.get("command", "")).split()
-    script = next((i for i, token in enumerate(command[:-1]) if Path(token).name == "run_grid.py"), None)
-    name = command[script + 1] if script is not None else None
+    name = grid.defined_as
     if grid.finished or name not in run_grid.GRIDS:
         return grid.manifest.get("grid", {}), "the manifest"
     definition = run_grid.GRIDS[name]

@@ -100,6 +100,14 @@ def test_only_a_whole_grid_call_finishes_a_grid():
     assert not grid(command="python experiments/run_grid.py tune --noises 0.2", finished="t").finished
 
 
+def test_a_grid_written_elsewhere_keeps_its_definitions_name():
+    command = "/venv/bin/python experiments/run_grid.py scale1 --seeds 3 --out experiments/results/scale1-new"
+    grid = analysis.Grid(name="scale1-new", results=pd.DataFrame(), manifest={"command": command})
+    assert grid.defined_as == "scale1" and grid.sliced
+    by_hand = analysis.Grid(name="g", results=pd.DataFrame(), manifest={"command": "make book"})
+    assert by_hand.defined_as is None and not by_hand.sliced
+
+
 def test_a_reported_grid_must_be_finished_and_scored_on_one_split(tmp_path):
     whole = {"command": "python experiments/run_grid.py g", "finished": "t"}
     write_grid(tmp_path / "g", fake_results(), whole)
