@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
+import importlib.metadata
 import json
 import platform
 import random
@@ -27,9 +28,10 @@ import torch
 from capo_tutorial.config import profile_config
 from capo_tutorial.plan import KNOWN_SHAPES, card_from_memory, model_shape, plan_run, step_flops
 from capo_tutorial.stand_ins import save_qwen2_stand_in
-from capo_tutorial.training import train
+from capo_tutorial.training import _adamw, train
 
 GPU_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
+PACKAGES = ("torch", "transformers", "peft", "accelerate", "datasets")
 
 
 def _words(rng: random.Random, n: int) -> str:
@@ -59,6 +61,12 @@ def write_pairs(path: Path, n: int, seed: int = 0) -> list[str]:
 
 def _cuda_memory(statistic: str) -> float:
     return getattr(torch.cuda, statistic)() / 2**30 if torch.cuda.is_available() else float("nan")
+
+
+def adamw_is_fused(device: str) -> bool:
+    """Whether the training loop's optimizer runs torch's fused AdamW kernel on ``device``."""
+    probe = torch.nn.Parameter(torch.zeros(1, device=device))
+    return bool(_adamw([probe], lr=1e-3).defaults.get("fused"))
 
 
 def run_once(name: str, config, card) -> dict:
@@ -106,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cap-gib", type=float, default=15.0, help="GPU memory this process may use")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--dry-run", action="store_true", help="a narrow model on the CPU: checks the script")
+    parser.add_argument("--commit", default="unknown", help="the commit that runs (the copy has no .git)")
     arguments = parser.parse_args(argv)
     if not arguments.dry_run:
         total = torch.cuda.get_device_properties(0).total_memory
@@ -168,9 +177,11 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python benchmarks/gpu_profile_check.py --cap-gib "
         f"{arguments.cap_gib:g} --steps {arguments.steps}",
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu (dry run)",
+        "commit": arguments.commit,
         "cap_gib": arguments.cap_gib,
-        "torch": torch.__version__,
         "python": platform.python_version(),
+        "versions": {name: importlib.metadata.version(name) for name in PACKAGES},
+        "fused_adamw": adamw_is_fused("cuda" if torch.cuda.is_available() else "cpu"),
         "runs": rows,
     }
     arguments.out.mkdir(parents=True, exist_ok=True)
