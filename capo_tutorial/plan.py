@@ -32,11 +32,12 @@ every weight trained), the recomputation under checkpointing, and the reference'
 assumed :data:`UTILISATION` of the card's dense fp16/bf16 peak.
 
 Checked on a GPU (``benchmarks/gpu_profile_check.py``; ``benchmarks/results/gpu_profile_check.json``):
-an H200 capped to a T4's 15 GiB, Qwen2.5-0.5B's shape, every row at 512 tokens. The peak PyTorch
-allocated was 0.92 of the plan (which also counts the CUDA context) with the T4's micro-batch of 4
-pairs, fp16 and bf16 alike, and 0.82 with checkpointing at 16 pairs. The step reached 38-42 TFLOP/s
-at 4 pairs and 100 at 16, 4-10% of that card's peak: a 0.5B model cannot fill a large card, so the
-time estimate is optimistic there. On a T4 the utilisation is still an assumption.
+an H200 capped to a T4's 15 GiB, Qwen2.5-0.5B's shape, every row at 512 tokens, 20 steps of CAPO
+with fused AdamW. The peak PyTorch allocated was 0.92 of the plan (which also counts the CUDA
+context) with the T4's micro-batch of 4 pairs, fp16 and bf16 alike, and 0.82 with checkpointing at
+16 pairs; no fp16 step overflowed. The step reached 62-69 TFLOP/s at 4 pairs and 144 at 16, 6-15%
+of the 989 that :data:`CARDS` lists for it: a 0.5B model cannot fill a large card, so the time
+estimate is optimistic there. On a T4 the utilisation is still an assumption.
 """
 
 from __future__ import annotations
