@@ -155,6 +155,9 @@ def precompute_reference_logps(
         batch_size: pairs per forward pass.
         device: where to run (default: the model's device).
 
+    Runs in the caller's precision: under mixed-precision training, call it inside the
+    accelerator's ``autocast()`` so that the reference's log-probs match the policy's at the start.
+
     Returns:
         The data set with two float32 columns (existing reference columns are replaced).
     """
@@ -218,7 +221,7 @@ def freeze_reference(config: RunConfig, components: Components, accelerator, *, 
     mode = reference_mode(config)
     components.reference = Reference(mode, model)
     if mode == "precomputed":
-        _precompute(config, components, accelerator.device)
+        _precompute(config, components, accelerator)
 
 
 def _save_full_state(model: nn.Module, path: Path) -> None:
@@ -248,9 +251,16 @@ def _load_full_state(model: nn.Module, path: Path) -> None:
         raise ValueError(f"{path} does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
 
 
-def _precompute(config: RunConfig, components: Components, device: torch.device) -> None:
+def _precompute(config: RunConfig, components: Components, accelerator) -> None:
     """Reference log-probs of the train and eval pairs; with the SFT cache on, they are cached too
-    (every method trained from the same warm-up shares them)."""
+    (every method trained from the same warm-up shares them).
+
+    They are computed under the run's autocast, as the policy's are in training, so that the two
+    agree at the first step. Explicitly: a model that trained its warm-up in this process carries
+    Accelerate's autocast in its forward, one whose warm-up was loaded (a cache hit, a resumed run)
+    does not, and on a GPU the two would give different reference log-probs.
+    """
+    device = accelerator.device
     model = components.model.to(device)
     for name in ("train_dataset", "eval_dataset"):
         dataset = getattr(components, name)
@@ -262,9 +272,10 @@ def _precompute(config: RunConfig, components: Components, device: torch.device)
             dataset = dataset.add_column(REFERENCE_COLUMNS[0], logps["chosen"].tolist())
             dataset = dataset.add_column(REFERENCE_COLUMNS[1], logps["rejected"].tolist())
         else:
-            dataset = precompute_reference_logps(
-                model, dataset, components.collator, batch_size=config.eval_batch_size, device=device
-            )
+            with accelerator.autocast():
+                dataset = precompute_reference_logps(
+                    model, dataset, components.collator, batch_size=config.eval_batch_size, device=device
+                )
             if config.sft_cache:
                 tensors = {c.split("_")[1]: torch.tensor(dataset[c][:]) for c in REFERENCE_COLUMNS}
                 _save_safetensors(tensors, cached)

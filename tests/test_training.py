@@ -6,6 +6,7 @@ tests/test_experiments.py, which recomputes a committed cell of the scale-1 grid
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -152,7 +153,8 @@ def test_two_processes_train_data_parallel(tmp_path):
         "--output-dir",
         str(output),
     ]
-    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # Two processes on the CPU (gloo) on any machine: with a single GPU visible, both would claim it.
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     completed = subprocess.run(command, env=environment, capture_output=True, text=True)
     assert completed.returncode == 0, completed.stderr[-3000:]
     history = pd.read_json(output / "history.jsonl", lines=True)
@@ -206,6 +208,23 @@ def test_a_second_run_reuses_the_cached_warm_up_and_gets_the_same_result(tmp_pat
     pd.testing.assert_frame_equal(first.evaluation, second.evaluation)
     other_seed = train(tiny_config(tmp_path / "c", sft_cache=True, seed=1))
     assert "sft" in other_seed.seconds, "another seed is another warm-up"
+
+
+def test_a_loaded_warm_up_gives_the_same_reference_log_probs_under_mixed_precision(tmp_path, monkeypatch):
+    """The precomputed reference runs under the run's autocast whether the warm-up was trained in this
+    process (its forward then carries Accelerate's autocast) or loaded (a cache hit, a resumed run).
+    bf16 autocast on the CPU stands in for a GPU's; without it the two runs' log-probs differ."""
+    monkeypatch.setenv("CAPO_CACHE", str(tmp_path / "cache"))
+    first = train(tiny_config(tmp_path / "a", sft_cache=True, precision="bf16"))
+    shutil.rmtree(tmp_path / "cache" / "reference-logps")  # the next run loads the warm-up, not these
+    second = train(tiny_config(tmp_path / "b", sft_cache=True, precision="bf16"))
+    assert "sft" not in second.seconds
+
+    def preference_losses(result) -> list[float]:
+        return result.history.query("stage == 'preference'").loss.dropna().tolist()
+
+    assert preference_losses(first) == preference_losses(second)
+    pd.testing.assert_frame_equal(first.evaluation, second.evaluation)
 
 
 @pytest.mark.slow
