@@ -217,7 +217,8 @@ def freeze_reference(config: RunConfig, components: Components, accelerator, *, 
         )
     if config.gradient_checkpointing:
         enable_gradient_checkpointing(model)
-    components.model = model
+    # On the run's device whether the warm-up ran here (it is there already) or was loaded.
+    components.model = model = model.to(accelerator.device)
     mode = reference_mode(config)
     components.reference = Reference(mode, model)
     if mode == "precomputed":
@@ -261,7 +262,7 @@ def _precompute(config: RunConfig, components: Components, accelerator) -> None:
     does not, and on a GPU the two would give different reference log-probs.
     """
     device = accelerator.device
-    model = components.model.to(device)
+    model = components.model
     for name in ("train_dataset", "eval_dataset"):
         dataset = getattr(components, name)
         digest = hashlib.sha256(components.warmup_key.encode())

@@ -152,7 +152,10 @@ def train(config: RunConfig, *, components: Components | None = None) -> TrainRe
     if config.drop_suspect_pairs:  # "audit, drop, then train": the audit's flag on the training pairs
         from capo_tutorial.audit import drop_suspect_pairs
 
-        dropped = drop_suspect_pairs(components, config.drop_suspect_pairs, batch_size=config.eval_batch_size)
+        with accelerator.autocast():  # the run's precision, however the warm-up was obtained
+            dropped = drop_suspect_pairs(
+                components, config.drop_suspect_pairs, batch_size=config.eval_batch_size
+            )
         accelerator.print(f"dropped {dropped} suspect training pairs ({config.drop_suspect_pairs})")
     seconds["preference"] = _run_stage(run, "preference", progress, resume_from)
     start = time.perf_counter()
