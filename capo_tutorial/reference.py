@@ -257,9 +257,9 @@ def _precompute(config: RunConfig, components: Components, accelerator) -> None:
     (every method trained from the same warm-up shares them).
 
     They are computed under the run's autocast, as the policy's are in training, so that the two
-    agree at the first step. Explicitly: a model that trained its warm-up in this process carries
-    Accelerate's autocast in its forward, one whose warm-up was loaded (a cache hit, a resumed run)
-    does not, and on a GPU the two would give different reference log-probs.
+    agree at the first step. The autocast must be explicit: a model that trained its warm-up in this
+    process carries Accelerate's autocast in its forward, one whose warm-up was loaded (a cache hit, a
+    resumed run) does not, and on a GPU the two would give different reference log-probs.
     """
     device = accelerator.device
     model = components.model
