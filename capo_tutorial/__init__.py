@@ -16,6 +16,7 @@ Modules, in the order data flows through them:
 - ``metrics``: reward accuracy, margins, per-language tables, calibration
 - ``experiments`` / ``analysis``: grids of runs and their tidy results, and reading them;
   per-language token statistics of a data set
+- ``cpu_kernels``: the CPU kernels the committed numbers were made with, selected for a rerun
 - ``plots``: the figures the book shows
 - ``integrations.trl``: ``CAPOTrainer``, any loss of the package inside TRL's DPOTrainer
 

@@ -29,9 +29,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from capo_tutorial.audit import audit_preferences, auroc
-from capo_tutorial.experiments import _append_rows, _git_commit, _version
-from capo_tutorial.losses import CAPO_DEFAULTS
+from capo_tutorial.cpu_kernels import kernels_in_use, select_committed_kernels
+
+select_committed_kernels()  # before torch loads: the CPU kernels the committed grids were made with
+
+from capo_tutorial.audit import audit_preferences, auroc  # noqa: E402
+from capo_tutorial.experiments import _append_rows, _git_commit, _version  # noqa: E402
+from capo_tutorial.losses import CAPO_DEFAULTS  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "audit"
 CONDITIONS = ("0.1", "0.2", "0.3", "0.4", "systematic")
@@ -119,7 +123,7 @@ def write_manifest(out_dir: Path, command: str, conditions, seeds, *, started: b
             "audit": {"source": "reference", "tau": CAPO_DEFAULTS["tau"], "flag": "confidence < 0.5"},
             "versions": {name: _version(name) for name in packages},
             "python": sys.version.split()[0],
-            "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "kernels": kernels_in_use()},
         }
     )
     stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")

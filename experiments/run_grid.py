@@ -18,7 +18,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from capo_tutorial.experiments import (
+from capo_tutorial.cpu_kernels import select_committed_kernels
+
+select_committed_kernels()  # before torch loads: the CPU kernels the committed grids were made with
+
+from capo_tutorial.experiments import (  # noqa: E402
     BASELINE_FAMILIES,
     EXPERIMENT_REGIME,
     METHODS,

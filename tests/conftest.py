@@ -15,6 +15,13 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from capo_tutorial.cpu_kernels import select_committed_kernels
+
+# The CPU kernels the committed numbers were made with, chosen before any test module imports torch:
+# on a CPU with AVX-512, PyTorch's default kernels would move the recomputed slice beyond its
+# tolerances (capo_tutorial.cpu_kernels). Notebooks' kernels and other child processes inherit them.
+select_committed_kernels()
+
 # No test may reach a hub: the code paths are real, the files are local.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

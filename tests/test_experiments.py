@@ -12,6 +12,7 @@ from tiny_run import TINY
 
 from capo_tutorial.analysis import Grid, load_grid, select
 from capo_tutorial.config import profile_config
+from capo_tutorial.cpu_kernels import kernels_in_use
 from capo_tutorial.experiments import (
     BASELINE_FAMILIES,
     EXPERIMENT_REGIME,
@@ -128,6 +129,7 @@ def test_run_grid_writes_rows_manifest_and_resumes(tmp_path, monkeypatch):
     assert list(frame.columns) == RESULT_COLUMNS, "the header is written once"
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["grid"]["methods"] == ["capo", "simpo"] and "finished" not in manifest, "a slice"
+    assert manifest["machine"]["kernels"]["cpu_capability"] == kernels_in_use()["cpu_capability"]
     assert manifest["started"] == first_started, "started: the first slice's start, not the last's"
     calls = []
     monkeypatch.setattr("capo_tutorial.experiments.run_one", lambda *a, **k: calls.append(a))
