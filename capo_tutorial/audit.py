@@ -20,10 +20,11 @@ scored per language: AUROC of 1 - c against the truth, precision and recall of t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -437,19 +438,29 @@ class _Scorer:
     max_length: int
     components: Any = None
     batch_size: int = 32  # a run's Components when the model came from a profile or run folder
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext  # its precision
 
 
 def _profile_scorer(config, progress: bool) -> _Scorer:
     """The profile's warmed-up reference: a run of 0 preference steps (the SFT warm-up, read from the
     package's cache when an earlier run made it, and the reference log-probs of its training pairs)."""
-    from capo_tutorial.training import train
+    from capo_tutorial.training import make_accelerator, train
 
     with tempfile.TemporaryDirectory(prefix="capo-audit-") as folder:
         changes = dict(max_steps=0, output_dir=folder, progress="auto" if progress else "none")
         components = train(config.replace(**changes)).components
     name = f"the warmed-up reference of {config.model!r} ({config.sft_steps} SFT steps)"
+    # Scored under the run's autocast: a warm-up trained in this call has it in its forward already
+    # (Accelerate's), one read from the cache does not, and both must give the same scores.
+    autocast = make_accelerator(config).autocast
     return _Scorer(
-        components.model, components.tokenizer, name, config.max_length, components, config.eval_batch_size
+        components.model,
+        components.tokenizer,
+        name,
+        config.max_length,
+        components,
+        config.eval_batch_size,
+        autocast,
     )
 
 
@@ -493,8 +504,6 @@ def _load_scorer(model: str, max_length: int | None) -> _Scorer:
 
 def _reference_model(scorer: _Scorer):
     """A context giving the module whose forward pass is the reference."""
-    import contextlib
-
     reference = getattr(scorer.components, "reference", None)
     if reference is None or reference.mode == "precomputed":
         return contextlib.nullcontext(scorer.model)  # the policy is still the reference before training
@@ -626,7 +635,7 @@ def _score(scorer: _Scorer, dataset: datasets.Dataset, batch_size: int, progress
 
     collator = PreferenceCollator(scorer.tokenizer, padding_side="left")
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    with _reference_model(scorer) as reference:
+    with scorer.autocast(), _reference_model(scorer) as reference:
         return reference_logps(
             reference.to(device), dataset, collator, batch_size=batch_size, device=device, progress=progress
         )

@@ -374,3 +374,16 @@ def test_the_audit_beats_chance_with_a_trained_tiny_reference():
     overall = result.languages.set_index("language").loc["all"]
     assert overall.noisy == 240
     assert overall.auroc > AUROC_BOUND
+
+
+def test_a_cached_warm_up_audits_as_a_fresh_one_under_mixed_precision(tmp_path, monkeypatch):
+    """A profile's audit scores its pairs under the run's autocast whether the warm-up was trained in
+    this call (its forward then carries Accelerate's autocast) or read from the cache. bf16 autocast on
+    the CPU stands in for a GPU's; a reference other than 'precomputed' is scored by the audit itself."""
+    monkeypatch.setenv("CAPO_CACHE", str(tmp_path / "cache"))
+    overrides = {**TINY, "noise": 0.3, "precision": "bf16", "reference": "copy", "sft_cache": True}
+    fresh = audit_preferences(profile="smoke", overrides=overrides, progress=False)
+    cached = audit_preferences(profile="smoke", overrides=overrides, progress=False)
+    columns = ["ref_chosen_logps", "ref_rejected_logps"]
+    assert not (tmp_path / "cache" / "reference-logps").exists(), "the audit scored the pairs itself"
+    pd.testing.assert_frame_equal(fresh.pairs[columns], cached.pairs[columns])
