@@ -436,9 +436,9 @@ class _Scorer:
     tokenizer: Any
     name: str
     max_length: int
-    components: Any = None
-    batch_size: int = 32  # a run's Components when the model came from a profile or run folder
-    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext  # its precision
+    components: Any = None  # a run's Components when the model came from a profile or run folder
+    batch_size: int = 32
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext  # the run's precision
 
 
 def _profile_scorer(config, progress: bool) -> _Scorer:
