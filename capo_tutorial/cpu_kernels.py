@@ -17,7 +17,8 @@ with AVX2, through the variables in :data:`COMMITTED_KERNELS`. PyTorch and MKL r
 first compute, so call it **before** importing torch (or anything that imports it). The experiment
 scripts and the test suite call it first thing. Variables already set are left as they are, so
 ``ATEN_CPU_CAPABILITY=avx512 python experiments/run_grid.py ...`` still chooses other kernels. On other
-CPUs (ARM) the variables do nothing, and a recompute is only as close as the tolerances allow.
+CPUs (ARM) the variables do nothing, and a recompute is only as close as the tolerances allow; the
+test suite's slice recompute skips there, and ``tests/test_short_run_numbers.py`` guards the numerics.
 """
 
 from __future__ import annotations
