@@ -368,10 +368,9 @@ def run_one(
 # steps) rerun with two threads and a cold cache matched the committed one-thread run in every
 # row, to the last digit. The earlier, longer recomputed cell (1,500 + 300 steps) moved by up to 0.0175
 # in accuracy, 0.015 in reference accuracy and memorised flips between reruns on other machines and
-# thread counts; each tolerance is at least 3 times those. Another CPU's kernels can move it further:
-# on a CPU with AVX-512 the slice's DPO cell moved by 0.055 in accuracy and 0.06 in memorised flips
-# with PyTorch's default kernels, and by nothing with the AVX2 kernels it was made with, which the
-# tests and chapter 5 select (capo_tutorial.cpu_kernels). This is the end-to-end guard against gross
+# thread counts; each tolerance is at least 3 times those. Another CPU's default kernels can move it
+# further, beyond these tolerances (measured in capo_tutorial.cpu_kernels), so the tests and chapter 5
+# select the kernels the slice was made with. This is the end-to-end guard against gross
 # changes (tests/test_experiments.py, chapter 5); the tight one, pair by pair, is
 # tests/test_short_run_numbers.py.
 RECOMPUTE_TOLERANCE = {"accuracy": 0.06, "reference_accuracy": 0.05, "flipped_memorised": 0.05}
