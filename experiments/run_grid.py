@@ -157,7 +157,9 @@ GRIDS = {
     "noise-by-tier": _in_regime(_four_methods, REPORTED_SEEDS, [NOISE_TYPE_RATE], noise_pattern="by-tier"),
     # Russian and Arabic near misses ending in 7 answered with n+1 in every training pair: a consistent,
     # learnable error, scored on the test pairs the rule would flip (margin_class systematic-candidate).
-    "systematic": _in_regime(_four_methods, REPORTED_SEEDS, [0.0], systematic_noise=["ru", "ar"]),
+    # Three seeds, not five: a run has eight such test pairs, and at seeds 0-2 three of the four methods
+    # learn all eight in every run. More seeds cannot lift that ceiling; a larger candidate subset could.
+    "systematic": _in_regime(_four_methods, REPORTED_SEEDS[:3], [0.0], systematic_noise=["ru", "ar"]),
     "sweep": dict(
         methods=_sweep_methods,
         seeds=[0],
