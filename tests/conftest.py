@@ -96,7 +96,6 @@ SMOKE_WARM_UP = "smoke-warm-up"
 # the two workers end close together (xdist hands each worker its next files before it needs them).
 NOTEBOOKS_ON_THE_WARM_UP = (
     "ch4_training",
-    "ch6_beyond_the_paper",
     "ch5_reproducing_reward_accuracy",
     "ch8_auditing",
 )
